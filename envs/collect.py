@@ -1,0 +1,259 @@
+"""Rollout collection: W independent worker processes, each with its own env, each writing its
+own episode files. The only inter-process traffic is one small message per episode (no per-step
+IPC), so throughput stays at what the emulators allow.
+
+A killed run loses at most the episodes in flight; running again with the same ``out``
+directory resumes up to the requested count without repeating a seed. A worker that dies is
+replaced and its episode re-run, so collection never hangs.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import multiprocessing.connection
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from envs.episodes import (
+    METADATA_FILE,
+    Episode,
+    atomic_write_json,
+    episode_path,
+    load_metadata,
+    save_episode,
+    seed_of,
+    valid_episode_files,
+)
+from envs.errors import UserError
+from envs.make import env_info, make_env
+from envs.policies import Policy, make_policy
+from envs.version import package_version
+
+PolicyFactory = Callable[[gym.Space, np.random.Generator], Policy]
+
+
+def run_episode(env: gym.Env, policy: Policy, seed: int) -> Episode:
+    """Play one episode from ``env.reset(seed=seed)`` until it terminates or is truncated."""
+    observation, _ = env.reset(seed=seed)
+    observations, actions, rewards, terminated, truncated = [observation], [], [], [], []
+    done = False
+    while not done:
+        action = policy(observation)
+        observation, reward, term, trunc, _ = env.step(action)
+        observations.append(observation)
+        actions.append(action)
+        rewards.append(reward)
+        terminated.append(term)
+        truncated.append(trunc)
+        done = term or trunc
+    return Episode(
+        observations=np.stack(observations),
+        actions=np.asarray(actions, dtype=np.float32 if isinstance(actions[0], np.ndarray) else np.int64),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        terminated=np.asarray(terminated, dtype=bool),
+        truncated=np.asarray(truncated, dtype=bool),
+    )
+
+
+def named_policy_factory(name: str) -> PolicyFactory:
+    """A picklable factory for one of the built-in policies (``random``, ``held``)."""
+    make_policy(name, gym.spaces.Discrete(2), np.random.default_rng(0))  # fail early on a bad name
+    return functools.partial(make_policy, name)
+
+
+def _worker(env_id: str, out: str, policy_factory: PolicyFactory, connection) -> None:
+    """Play the seeds the parent sends, one at a time, until it sends None or goes away."""
+    env = make_env(env_id)
+    try:
+        while (seed := connection.recv()) is not None:
+            policy = policy_factory(env.action_space, np.random.default_rng(seed))
+            episode = run_episode(env, policy, seed)
+            save_episode(episode_path(Path(out), seed), episode)
+            connection.send((seed, len(episode), episode.total_reward))
+    except (EOFError, BrokenPipeError):
+        pass  # the parent died: an orphan must not linger
+    finally:
+        env.close()
+
+
+@dataclass
+class CollectSummary:
+    episodes_new: int
+    episodes_total: int
+    steps: int
+    seconds: float
+    mean_return: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        return (
+            f"collected {self.episodes_new} new episodes ({self.episodes_total} in total), "
+            f"{self.steps} env steps in {self.seconds:.1f}s = {self.steps_per_second:,.0f} steps/s, "
+            f"mean return {self.mean_return:.2f}"
+        )
+
+
+def plan_seeds(done_seeds: set[int], episodes: int, base_seed: int) -> list[int]:
+    """The seeds still to collect: the first free seeds from ``base_seed`` up to ``episodes`` in all."""
+    needed = max(0, episodes - len(done_seeds))
+    seeds, candidate = [], base_seed
+    while len(seeds) < needed:
+        if candidate not in done_seeds:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
+def _prepare_out(out: Path, env_id: str, policy_name: str, base_seed: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".ep_*.tmp"):  # left by a run killed mid-write; never a whole episode
+        stale.unlink(missing_ok=True)
+    if (out / METADATA_FILE).exists():
+        meta = load_metadata(out)
+        if meta.get("env_id") != env_id:
+            raise UserError(
+                f"{out} holds {meta.get('env_id')} episodes, not {env_id}: use another --out"
+            )
+        return meta
+    meta = env_info(env_id)
+    meta.update(policy=policy_name, base_seed=base_seed, package_version=package_version())
+    atomic_write_json(out / METADATA_FILE, meta)
+    return meta
+
+
+def collect(
+    env_id: str,
+    episodes: int,
+    out: Path,
+    workers: int = 1,
+    seed: int = 0,
+    policy: str = "random",
+    policy_factory: PolicyFactory | None = None,
+    progress: bool = True,
+) -> CollectSummary:
+    """Collect up to ``episodes`` episodes of ``env_id`` into ``out`` with ``workers`` processes.
+
+    ``policy_factory(action_space, rng) -> policy`` overrides the named ``policy`` (it must be
+    picklable: the workers are spawned processes).
+    """
+    if episodes < 1 or workers < 1:
+        raise UserError("--episodes and --workers must be at least 1")
+    out = Path(out)
+    factory = policy_factory or named_policy_factory(policy)
+    _prepare_out(out, env_id, policy, seed)
+    done = {seed_of(path) for path in valid_episode_files(out)}
+    seeds = plan_seeds(done, episodes, seed)
+    start = time.perf_counter()
+    steps, returns = _run_workers(env_id, out, factory, seeds, min(workers, max(len(seeds), 1)), progress)
+    return CollectSummary(
+        episodes_new=len(returns),
+        episodes_total=len(done) + len(returns),
+        steps=steps,
+        seconds=time.perf_counter() - start,
+        mean_return=float(np.mean(returns)) if returns else float("nan"),
+    )
+
+
+def _run_workers(env_id, out, factory, seeds, workers, progress) -> tuple[int, list[float]]:
+    """Hand seeds out one at a time over a private pipe per worker.
+
+    A pipe per worker (not a shared queue) means a worker dying mid-message breaks only its
+    own channel; the parent knows which seed every worker holds, so a dead worker's seed goes
+    back into the queue and a new worker takes its place.
+    """
+    if not seeds:
+        return 0, []
+    ctx = mp.get_context("spawn")  # emulators and forked state do not mix
+    pending = list(reversed(seeds))
+    workers_by_conn: dict = {}  # parent end of the pipe -> (process, seed in flight)
+
+    def start_worker() -> None:
+        parent_end, child_end = ctx.Pipe()
+        process = ctx.Process(target=_worker, args=(env_id, str(out), factory, child_end), daemon=True)
+        process.start()
+        child_end.close()
+        workers_by_conn[parent_end] = (process, None)
+        hand_out(parent_end)
+
+    def hand_out(connection) -> None:
+        process, _ = workers_by_conn[connection]
+        seed = pending.pop() if pending else None
+        connection.send(seed)
+        workers_by_conn[connection] = (process, seed)
+
+    steps, returns = 0, []
+    bar = _progress_bar(len(seeds), progress)
+    try:
+        for _ in range(workers):
+            start_worker()
+        while len(returns) < len(seeds):
+            for connection in mp.connection.wait(list(workers_by_conn), timeout=5.0):
+                try:
+                    seed, length, total = connection.recv()
+                except (EOFError, ConnectionResetError):
+                    _replace_dead_worker(connection, workers_by_conn, pending, start_worker)
+                    continue
+                steps += length
+                returns.append(total)
+                bar.update(steps, len(returns))
+                hand_out(connection)
+    finally:
+        bar.close()
+        _stop_workers(workers_by_conn)
+    return steps, returns
+
+
+def _replace_dead_worker(connection, workers_by_conn, pending, start_worker) -> None:
+    process, seed = workers_by_conn.pop(connection)
+    process.join(timeout=5)
+    print(f"a collection worker died (exit code {process.exitcode}) during seed {seed}; restarting it")
+    if seed is not None:
+        pending.append(seed)
+    start_worker()
+
+
+def _stop_workers(workers_by_conn) -> None:
+    for connection in workers_by_conn:
+        try:
+            connection.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    for process, _ in workers_by_conn.values():
+        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
+
+
+class _progress_bar:
+    """Episodes, env steps/s and ETA, with rich; silent when ``enabled`` is false."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.start = time.perf_counter()
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
+                TextColumn("{task.fields[rate]} steps/s"), TimeRemainingColumn(),
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("collect", total=total, rate="-")
+
+    def update(self, steps: int, episodes: int) -> None:
+        if self.progress:
+            rate = steps / max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(self.task, completed=episodes, rate=f"{rate:,.0f}")
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
