@@ -1,6 +1,8 @@
 """Train World Models agents from the command line.
 
     python train.py collect --env VizdoomTakeCover-v1 --episodes 20 --out data/takecover --workers 2
+    python train.py vae --data data/takecover --run-dir runs/takecover
+    python train.py mdnrnn --run-dir runs/takecover
 
 Each subcommand's ``--help`` lists its options (generated from the dataclasses below). User
 errors (bad ids, missing data, mismatched checkpoints) print one line and exit with code 2.
@@ -16,6 +18,8 @@ from typing import Literal
 import tyro
 
 from envs.errors import UserError
+from world_models.train_mdnrnn import MDNRNNConfig
+from world_models.train_vae import VAEConfig
 
 
 @dataclass
@@ -48,7 +52,27 @@ def run_collect(args: Collect) -> None:
     print(summary.line())
 
 
-COMMANDS = {"collect": (Collect, run_collect)}
+def run_vae(args: VAEConfig) -> None:
+    from world_models.train_vae import train_vae
+
+    metrics = train_vae(args)
+    print(f"V trained: val loss {metrics['val_loss']:.2f} (recon {metrics['val_recon']:.2f}, "
+          f"KL {metrics['val_kl']:.2f}); mean mu {metrics['mean_mu']:.3f}, mean sigma {metrics['mean_sigma']:.3f}")
+
+
+def run_mdnrnn(args: MDNRNNConfig) -> None:
+    from world_models.train_mdnrnn import train_mdnrnn
+
+    metrics = train_mdnrnn(args)
+    print(f"M trained: val NLL {metrics['val_nll']:.3f}, val done loss {metrics['val_done_loss']:.3f}, "
+          f"done precision {metrics['val_done_precision']:.2f}")
+
+
+COMMANDS = {
+    "collect": (Collect, run_collect),
+    "vae": (VAEConfig, run_vae),
+    "mdnrnn": (MDNRNNConfig, run_mdnrnn),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""Rollout collection: W independent worker processes, each with its own env, each writing its
-own episode files. The only inter-process traffic is one small message per episode (no per-step
-IPC), so throughput stays at what the emulators allow.
+"""Rollout collection: W independent worker processes (``envs.workers.WorkerPool``), each with its
+own env, each writing its own episode files. The only inter-process traffic is one small message
+per episode (no per-step IPC), so throughput stays at what the emulators allow.
 
 A killed run loses at most the episodes in flight; running again with the same ``out``
 directory resumes up to the requested count without repeating a seed. A worker that dies is
@@ -10,8 +10,6 @@ replaced and its episode re-run, so collection never hangs.
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
-import multiprocessing.connection
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from envs.errors import UserError
 from envs.make import env_info, make_env
 from envs.policies import Policy, make_policy
 from envs.version import package_version
+from envs.workers import WorkerPool
 
 PolicyFactory = Callable[[gym.Space, np.random.Generator], Policy]
 
@@ -67,19 +66,16 @@ def named_policy_factory(name: str) -> PolicyFactory:
     return functools.partial(make_policy, name)
 
 
-def _worker(env_id: str, out: str, policy_factory: PolicyFactory, connection) -> None:
-    """Play the seeds the parent sends, one at a time, until it sends None or goes away."""
+def _episode_writer(env_id: str, out: str, policy_factory: PolicyFactory):
+    """Worker set-up: one env for the worker's life; each task is a seed to play and save."""
     env = make_env(env_id)
-    try:
-        while (seed := connection.recv()) is not None:
-            policy = policy_factory(env.action_space, np.random.default_rng(seed))
-            episode = run_episode(env, policy, seed)
-            save_episode(episode_path(Path(out), seed), episode)
-            connection.send((seed, len(episode), episode.total_reward))
-    except (EOFError, BrokenPipeError):
-        pass  # the parent died: an orphan must not linger
-    finally:
-        env.close()
+
+    def play(seed: int) -> tuple[int, float]:
+        episode = run_episode(env, policy_factory(env.action_space, np.random.default_rng(seed)), seed)
+        save_episode(episode_path(Path(out), seed), episode)
+        return len(episode), episode.total_reward
+
+    return play
 
 
 @dataclass
@@ -164,73 +160,22 @@ def collect(
 
 
 def _run_workers(env_id, out, factory, seeds, workers, progress) -> tuple[int, list[float]]:
-    """Hand seeds out one at a time over a private pipe per worker.
-
-    A pipe per worker (not a shared queue) means a worker dying mid-message breaks only its
-    own channel; the parent knows which seed every worker holds, so a dead worker's seed goes
-    back into the queue and a new worker takes its place.
-    """
     if not seeds:
         return 0, []
-    ctx = mp.get_context("spawn")  # emulators and forked state do not mix
-    pending = list(reversed(seeds))
-    workers_by_conn: dict = {}  # parent end of the pipe -> (process, seed in flight)
-
-    def start_worker() -> None:
-        parent_end, child_end = ctx.Pipe()
-        process = ctx.Process(target=_worker, args=(env_id, str(out), factory, child_end), daemon=True)
-        process.start()
-        child_end.close()
-        workers_by_conn[parent_end] = (process, None)
-        hand_out(parent_end)
-
-    def hand_out(connection) -> None:
-        process, _ = workers_by_conn[connection]
-        seed = pending.pop() if pending else None
-        connection.send(seed)
-        workers_by_conn[connection] = (process, seed)
-
-    steps, returns = 0, []
     bar = _progress_bar(len(seeds), progress)
+    done = {"steps": 0, "episodes": 0}
+
+    def advance(index: int, result: tuple[int, float]) -> None:
+        done["steps"] += result[0]
+        done["episodes"] += 1
+        bar.update(done["steps"], done["episodes"])
+
     try:
-        for _ in range(workers):
-            start_worker()
-        while len(returns) < len(seeds):
-            for connection in mp.connection.wait(list(workers_by_conn), timeout=5.0):
-                try:
-                    seed, length, total = connection.recv()
-                except (EOFError, ConnectionResetError):
-                    _replace_dead_worker(connection, workers_by_conn, pending, start_worker)
-                    continue
-                steps += length
-                returns.append(total)
-                bar.update(steps, len(returns))
-                hand_out(connection)
+        with WorkerPool(functools.partial(_episode_writer, env_id, str(out), factory), workers) as pool:
+            results = pool.map(seeds, on_result=advance)
     finally:
         bar.close()
-        _stop_workers(workers_by_conn)
-    return steps, returns
-
-
-def _replace_dead_worker(connection, workers_by_conn, pending, start_worker) -> None:
-    process, seed = workers_by_conn.pop(connection)
-    process.join(timeout=5)
-    print(f"a collection worker died (exit code {process.exitcode}) during seed {seed}; restarting it")
-    if seed is not None:
-        pending.append(seed)
-    start_worker()
-
-
-def _stop_workers(workers_by_conn) -> None:
-    for connection in workers_by_conn:
-        try:
-            connection.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-    for process, _ in workers_by_conn.values():
-        process.join(timeout=10)
-        if process.is_alive():
-            process.terminate()
+    return sum(length for length, _ in results), [total for _, total in results]
 
 
 class _progress_bar:

@@ -1,0 +1,109 @@
+"""The acting agent: V + M + C in the real env, one step at a time, M's state carried explicitly.
+
+    z_t   = mu(V(frame_t))                      the frame's latent (the mean: no sampling noise)
+    a_t   = C([z_t, h_t])                        h_t summarises (z, a) up to t-1
+    h_t+1 = M.step(z_t, a_t, carry_t)
+
+``AgentPolicy`` wraps that as the ``policy(observation) -> action`` callable that ``envs``
+expects, so collection, evaluation and video recording share one rollout loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from world_models.checkpoint import load_checkpoint, load_module_state
+from world_models.mdnrnn import MDNRNN
+from world_models.vae import ConvVAE, frames_to_tensor
+
+from agents.controller import Controller, ControllerSpec
+from world_models.dream import controller_features
+from world_models.train_mdnrnn import load_mdnrnn
+from world_models.train_vae import load_vae
+
+CONTROLLER_DIR = "controller"
+
+Carry = tuple[torch.Tensor, torch.Tensor]
+
+
+def load_controller(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Controller, dict]:
+    """The run's best controller (safetensors + JSON with its spec and scores)."""
+    tensors, info = load_checkpoint(Path(run_dir) / CONTROLLER_DIR, device=device)
+    controller = Controller(ControllerSpec.from_dict(info["spec"])).to(device)
+    load_module_state(controller, tensors)
+    return controller.eval(), info
+
+
+@dataclass
+class WorldModelAgent:
+    vae: ConvVAE
+    mdnrnn: MDNRNN
+    controller: Controller
+    include_cell: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.mdnrnn.parameters()).device
+
+    def initial_carry(self, batch: int = 1) -> Carry:
+        return self.mdnrnn.initial_carry(batch, self.device)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, 64, 64, 3) uint8 -> z (B, z_dim)."""
+        mu, _ = self.vae.encode(frames_to_tensor(torch.as_tensor(frames).to(self.device)))
+        return mu
+
+    @torch.no_grad()
+    def act(self, frames: np.ndarray | torch.Tensor, carry: Carry) -> tuple[torch.Tensor, Carry]:
+        """Actions for a batch of frames, and M's next state."""
+        z = self.encode(frames)
+        actions = self.controller.act(controller_features(z, carry, self.include_cell))
+        _, carry = self.mdnrnn.step(z, actions, carry)
+        return actions, carry
+
+    def policy(self, exploration: float = 0.0, rng: np.random.Generator | None = None) -> AgentPolicy:
+        return AgentPolicy(self, exploration, rng or np.random.default_rng())
+
+
+class AgentPolicy:
+    """A single-env ``policy(observation) -> action`` callable over a ``WorldModelAgent``.
+
+    ``exploration`` is the probability of a uniform random action instead of C's (iterative
+    training collects with it); M is always stepped with the action actually taken.
+    """
+
+    def __init__(self, agent: WorldModelAgent, exploration: float, rng: np.random.Generator) -> None:
+        self.agent = agent
+        self.exploration = exploration
+        self.rng = rng
+        self.carry = agent.initial_carry(1)
+
+    @torch.no_grad()
+    def __call__(self, observation: np.ndarray):
+        agent = self.agent
+        z = agent.encode(observation[None])
+        action = agent.controller.act(controller_features(z, self.carry, agent.include_cell))
+        if self.exploration and self.rng.random() < self.exploration:
+            action = self._random_action(action)
+        _, self.carry = agent.mdnrnn.step(z, action, self.carry)
+        return int(action[0]) if agent.controller.spec.discrete else action[0].cpu().numpy()
+
+    def _random_action(self, like: torch.Tensor) -> torch.Tensor:
+        spec = self.agent.controller.spec
+        if spec.discrete:
+            return torch.full_like(like, int(self.rng.integers(spec.action_dim)))
+        low = np.array(spec.action_low or [-1.0] * spec.action_dim)
+        high = np.array(spec.action_high or [1.0] * spec.action_dim)
+        return torch.as_tensor(self.rng.uniform(low, high)[None], dtype=like.dtype, device=like.device)
+
+
+def load_agent(run_dir: Path, device: str | torch.device = "cpu") -> tuple[WorldModelAgent, dict]:
+    """V, M and the best C of a run, ready to act; plus the controller's info."""
+    vae, _ = load_vae(run_dir, device)
+    mdnrnn, _ = load_mdnrnn(run_dir, device)
+    controller, info = load_controller(run_dir, device)
+    return WorldModelAgent(vae, mdnrnn, controller, info.get("include_cell", False)), info

@@ -1,0 +1,85 @@
+"""Scoring controllers: a whole population in the dream as one batched program, or in the real
+env across worker processes.
+
+Both return, for parameter vectors ``params`` (P, n_params), the mean return over ``rollouts``
+episodes per member: the fitness CMA-ES maximises.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.controller import Controller, ControllerPopulation, ControllerSpec
+from envs.collect import run_episode
+from envs.make import make_env
+from envs.workers import WorkerPool
+from world_models.dream import DreamVecEnv, dream_rollouts
+
+
+def population_policy(population: ControllerPopulation, rollouts: int):
+    """Batched act over P x rollouts dreams laid out member-major: (P*R, F) -> (P*R, ...)."""
+    return lambda features: population.act(features.view(population.size, rollouts, -1)).flatten(0, 1)
+
+
+class DreamFitness:
+    """fitness(params (P, n), seed) -> mean dream return per member (P,), all dreams batched."""
+
+    def __init__(self, make_dream, spec: ControllerSpec, rollouts: int) -> None:
+        self.make_dream = make_dream  # num_envs -> DreamVecEnv (cached by size)
+        self.spec = spec
+        self.rollouts = rollouts
+        self._dreams: dict[int, DreamVecEnv] = {}
+
+    def __call__(self, params: torch.Tensor, seed: int) -> torch.Tensor:
+        size = len(params)
+        dream = self._dreams.get(size) or self._dreams.setdefault(size, self.make_dream(size * self.rollouts))
+        population = ControllerPopulation(self.spec, params.to(dream.device, torch.float32))
+        returns, _ = dream_rollouts(dream, population_policy(population, self.rollouts), seed)
+        return returns.view(size, self.rollouts).mean(dim=1).cpu()
+
+
+def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cell: bool):
+    """Worker set-up for real-env scoring: one env, V and M on CPU; tasks are (params, seed)."""
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    from agents.agent import WorldModelAgent
+    from world_models.train_mdnrnn import load_mdnrnn
+    from world_models.train_vae import load_vae
+
+    env = make_env(env_id)
+    vae, _ = load_vae(Path(run_dir))
+    mdnrnn, _ = load_mdnrnn(Path(run_dir))
+    controller = Controller(ControllerSpec.from_dict(spec_dict))
+
+    def play(task: tuple[np.ndarray, int]) -> tuple[float, int]:
+        params, seed = task
+        controller.load_vector(torch.as_tensor(params, dtype=torch.float32))
+        agent = WorldModelAgent(vae, mdnrnn, controller, include_cell)
+        episode = run_episode(env, agent.policy(), seed)
+        return episode.total_reward, len(episode)
+
+    return play
+
+
+class RealFitness:
+    """fitness(params (P, n), seed) -> mean real-env return per member, over W worker processes."""
+
+    def __init__(self, run_dir: Path, env_id: str, spec: ControllerSpec, rollouts: int, workers: int,
+                 include_cell: bool = False) -> None:
+        init = functools.partial(_real_rollout_worker, str(run_dir), env_id, spec.to_dict(), include_cell)
+        self.pool = WorkerPool(init, workers)
+        self.rollouts = rollouts
+
+    def __call__(self, params: torch.Tensor, seed: int) -> torch.Tensor:
+        vectors = params.detach().cpu().numpy()
+        tasks = [(vectors[p], seed * 10_007 + p * self.rollouts + r)
+                 for p in range(len(vectors)) for r in range(self.rollouts)]
+        results = self.pool.map(tasks)
+        returns = torch.tensor([total for total, _ in results]).view(len(vectors), self.rollouts)
+        return returns.mean(dim=1)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,157 @@
+"""Natural policy gradient training of C on a batched feature env: the dream, or real envs.
+
+A feature env has ``reset_tensor(seed) -> features (N, F)`` and ``step_tensor(actions) ->
+(features, reward, terminated, truncated)`` with next-step autoreset: the step after an
+episode ends is a reset step whose action is ignored. ``DreamVecEnv`` is one; ``RealFeatureEnv``
+wraps N real envs with V and M to make another, so one loop trains in both worlds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.controller import ControllerSpec
+from agents.npg import NPGConfig, StochasticPolicy, ValueFunction, fit_value, gae, npg_update
+from world_models.dream import controller_features
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # (T, N, F)
+    actions: torch.Tensor  # (T, N) or (T, N, A), raw policy actions
+    rewards: torch.Tensor  # (T, N)
+    dones: torch.Tensor  # (T, N): the episode ended at this step
+    valid: torch.Tensor  # (T, N): a real decision (not the ignored action of a reset step)
+    last_features: torch.Tensor  # (N, F) for bootstrapping
+    episode_returns: list[float]
+
+
+class EpisodeTracker:
+    """Sum rewards per env and report whole-episode returns as they finish."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.running = torch.zeros(num_envs)
+        self.finished: list[float] = []
+
+    def update(self, reward: torch.Tensor, done: torch.Tensor, valid: torch.Tensor) -> None:
+        self.running += torch.where(valid, reward.float().cpu(), torch.zeros_like(self.running))
+        for index in torch.nonzero(done.cpu()).flatten().tolist():
+            self.finished.append(float(self.running[index]))
+            self.running[index] = 0.0
+
+    def pop(self) -> list[float]:
+        finished, self.finished = self.finished, []
+        return finished
+
+
+def collect_batch(env, policy: StochasticPolicy, features: torch.Tensor, valid_now: torch.Tensor,
+                  horizon: int, tracker: EpisodeTracker, generator: torch.Generator) -> tuple[Batch, torch.Tensor]:
+    """``horizon`` steps of every env with the stochastic policy; returns the batch and validity."""
+    steps = {"features": [], "actions": [], "rewards": [], "dones": [], "valid": []}
+    for _ in range(horizon):
+        actions = policy.act(features, generator=generator)
+        next_features, reward, terminated, truncated = env.step_tensor(policy.env_action(actions))
+        done = terminated | truncated
+        for key, value in zip(steps, (features, actions, reward.float(), done, valid_now), strict=True):
+            steps[key].append(value)
+        tracker.update(reward, done, valid_now)
+        valid_now = ~done  # the step after a done is a reset step
+        features = next_features
+    stacked = {k: torch.stack(v) for k, v in steps.items()}
+    return Batch(**stacked, last_features=features, episode_returns=tracker.pop()), valid_now
+
+
+def npg_iteration(batch: Batch, policy: StochasticPolicy, value_fn: ValueFunction, config: NPGConfig,
+                  generator: torch.Generator) -> dict:
+    """GAE advantages from the value baseline, one natural-gradient step, one value fit."""
+    with torch.no_grad():
+        values = torch.cat([value_fn(batch.features), value_fn(batch.last_features)[None]])
+    # a reset step carries no decision: cut bootstrapping into it and leave it out of the losses
+    dones = batch.dones | ~torch.roll(batch.valid, -1, dims=0)
+    advantages, returns = gae(batch.rewards, values, dones.float(), config.gamma, config.lam)
+    valid = batch.valid
+    info = npg_update(policy, batch.features[valid], batch.actions[valid], advantages[valid], config)
+    info["value_loss"] = fit_value(value_fn, batch.features[valid], returns[valid], config.value_epochs,
+                                   config.value_lr, config.value_batch, generator)
+    return info
+
+
+def train_npg(env, spec: ControllerSpec, config: NPGConfig, iterations: int, horizon: int, seed: int,
+              log: Callable[[dict], None], on_iteration: Callable[[int, StochasticPolicy], None] | None = None,
+              ) -> StochasticPolicy:
+    """Train a stochastic policy for ``iterations`` batches of ``horizon`` steps of every env."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    policy = StochasticPolicy(spec)
+    value_fn = ValueFunction(spec.feature_dim)
+    features = env.reset_tensor(seed).cpu()
+    valid = torch.ones(len(features), dtype=torch.bool)
+    tracker = EpisodeTracker(len(features))
+    for iteration in range(iterations):
+        batch, valid = collect_batch(_CpuView(env), policy, features, valid, horizon, tracker, generator)
+        features = batch.last_features
+        info = npg_iteration(batch, policy, value_fn, config, generator)
+        returns = batch.episode_returns
+        info.update(iteration=iteration + 1, episodes=len(returns),
+                    mean_return=float(np.mean(returns)) if returns else float("nan"),
+                    max_return=float(np.max(returns)) if returns else float("nan"))
+        log(info)
+        if on_iteration is not None:
+            on_iteration(iteration + 1, policy)
+    return policy
+
+
+class _CpuView:
+    """Runs the env on its device but hands CPU tensors to the (tiny) policy."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.device = getattr(env, "device", torch.device("cpu"))
+
+    def step_tensor(self, actions: torch.Tensor):
+        return tuple(t.cpu() for t in self.env.step_tensor(actions.to(self.device)))
+
+
+class RealFeatureEnv:
+    """N real envs seen through V and M: the feature-env interface over the real world.
+
+    Steps the envs one after another in this process (a Gymnasium ``SyncVectorEnv`` with
+    next-step autoreset) and encodes all N frames in one batch per step.
+    """
+
+    def __init__(self, env_fns: list, vae, mdnrnn, include_cell: bool = False) -> None:
+        import gymnasium as gym
+
+        self.envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        self.vae, self.mdnrnn, self.include_cell = vae, mdnrnn, include_cell
+        self.device = next(mdnrnn.parameters()).device
+        self.carry = self.z = None
+        self.ended = np.zeros(len(env_fns), dtype=bool)
+
+    @torch.no_grad()
+    def _observe(self, frames: np.ndarray) -> torch.Tensor:
+        from world_models.vae import frames_to_tensor
+
+        self.z, _ = self.vae.encode(frames_to_tensor(torch.as_tensor(frames, device=self.device)))
+        return controller_features(self.z, self.carry, self.include_cell)
+
+    def reset_tensor(self, seed: int | None = None) -> torch.Tensor:
+        frames, _ = self.envs.reset(seed=seed)
+        self.carry = self.mdnrnn.initial_carry(len(frames), self.device)
+        self.ended[:] = False
+        return self._observe(frames)
+
+    @torch.no_grad()
+    def step_tensor(self, actions: torch.Tensor):
+        _, self.carry = self.mdnrnn.step(self.z, actions.to(self.device), self.carry)
+        frames, reward, terminated, truncated, _ = self.envs.step(actions.cpu().numpy())
+        restart = torch.as_tensor(self.ended, device=self.device)
+        h, c = self.carry  # envs that were reset this step start from an empty memory
+        self.carry = (h * ~restart[None, :, None], c * ~restart[None, :, None])
+        self.ended = terminated | truncated
+        as_tensor = lambda x: torch.as_tensor(x, device=self.device)  # noqa: E731
+        return self._observe(frames), as_tensor(reward), as_tensor(terminated), as_tensor(truncated)

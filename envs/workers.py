@@ -1,0 +1,110 @@
+"""A pool of worker processes that never hangs when a worker dies.
+
+Each worker is a spawned process that builds its own state once (``init()`` returns the
+function it then applies to tasks: an env and models live for the pool's life) and talks
+to the parent over a private pipe, one message per task each way. The parent knows which
+task every worker holds, so when a worker dies its task goes back into the queue and a
+fresh worker takes its place; a task that kills ``max_task_deaths`` workers is an error
+instead of a loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+from collections.abc import Callable, Sequence
+from typing import Any
+
+TaskFn = Callable[[Any], Any]
+
+
+class WorkerDiedError(RuntimeError):
+    """A task kept killing the workers that ran it."""
+
+
+def _serve(init: Callable[[], TaskFn], connection) -> None:
+    run = init()
+    try:
+        while (message := connection.recv()) is not None:
+            index, task = message
+            connection.send((index, run(task)))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass  # the parent went away: an orphan must not linger
+
+
+class WorkerPool:
+    """``workers`` processes that each run ``init()`` once, then apply its result to tasks."""
+
+    def __init__(self, init: Callable[[], TaskFn], workers: int, max_task_deaths: int = 3) -> None:
+        self.init = init
+        self.size = workers
+        self.max_task_deaths = max_task_deaths
+        self.context = mp.get_context("spawn")  # emulators and forked state do not mix
+        self.workers: dict = {}  # parent end of pipe -> [process, task index in flight or None]
+        for _ in range(workers):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        parent_end, child_end = self.context.Pipe()
+        process = self.context.Process(target=_serve, args=(self.init, child_end), daemon=True)
+        process.start()
+        child_end.close()
+        self.workers[parent_end] = [process, None]
+
+    def map(self, tasks: Sequence[Any], on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Results in task order; ``on_result(index, result)`` is called as each arrives."""
+        pending = list(reversed(range(len(tasks))))
+        results: dict[int, Any] = {}
+        deaths: dict[int, int] = {}
+        for connection in list(self.workers):
+            self._hand_out(connection, tasks, pending)
+        while len(results) < len(tasks):
+            for connection in multiprocessing.connection.wait(list(self.workers), timeout=5.0):
+                try:
+                    index, result = connection.recv()
+                except (EOFError, ConnectionResetError, OSError):
+                    self._replace(connection, tasks, pending, deaths)
+                    continue
+                results[index] = result
+                self.workers[connection][1] = None
+                if on_result is not None:
+                    on_result(index, result)
+                self._hand_out(connection, tasks, pending)
+        return [results[i] for i in range(len(tasks))]
+
+    def _hand_out(self, connection, tasks, pending) -> None:
+        if pending:
+            index = pending.pop()
+            self.workers[connection][1] = index
+            connection.send((index, tasks[index]))
+
+    def _replace(self, connection, tasks, pending, deaths) -> None:
+        process, index = self.workers.pop(connection)
+        process.join(timeout=5)
+        print(f"a worker died (exit code {process.exitcode}) running task {index}; starting a new one")
+        self._start_worker()
+        if index is not None:
+            deaths[index] = deaths.get(index, 0) + 1
+            if deaths[index] >= self.max_task_deaths:
+                raise WorkerDiedError(f"task {index} killed {deaths[index]} workers in a row; giving up on it")
+            pending.append(index)
+        new_connection = next(reversed(self.workers))
+        self._hand_out(new_connection, tasks, pending)
+
+    def close(self) -> None:
+        for connection in self.workers:
+            try:
+                connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for process, _ in self.workers.values():
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+        self.workers.clear()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,204 @@
+"""The dream: a batched Gymnasium ``VectorEnv`` stepped entirely by the learned models.
+
+Each of the ``num_envs`` dreams starts from the latent of a real frame (sampled from the
+latent cache), steps M with the controller's actions, samples z_{t+1} at temperature tau,
+ends an episode from M's done head (threshold or sampled), and pays the task's reward
+(``survival``: +1 per step, as TakeCover; ``model``: M's reward head). One tensor program
+steps all dreams at once, on the chosen device, with all randomness from its own seeded
+generator.
+
+The observation a controller sees is the feature vector [z_t, h_t] (optionally also c_t),
+where h_t is M's state after (z_{t-1}, a_{t-1}): the World Models controller input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from world_models.mdnrnn import MDNRNN
+
+
+@dataclass
+class DreamConfig:
+    temperature: float = 1.15
+    """Sampling temperature tau of M's mixture (paper Doom: 1.15)."""
+    done_mode: str = "threshold"
+    """threshold: done when p(done) > done_threshold; sample: done ~ Bernoulli(p)."""
+    done_threshold: float = 0.5
+    reward_mode: str = "survival"
+    """survival: +1 per step (TakeCover); model: M's reward head."""
+    max_episode_steps: int = 2100
+    include_cell: bool = False
+    """Give the controller the LSTM cell c as well as h."""
+
+
+def feature_dim(z_dim: int, hidden: int, include_cell: bool) -> int:
+    return z_dim + hidden * (2 if include_cell else 1)
+
+
+def controller_features(z: torch.Tensor, carry: tuple[torch.Tensor, torch.Tensor], include_cell: bool) -> torch.Tensor:
+    """[z, h] or [z, h, c] for a batch: (B, z) and carry (1, B, H) each -> (B, F)."""
+    h, c = carry
+    parts = [z, h[0], c[0]] if include_cell else [z, h[0]]
+    return torch.cat(parts, dim=-1)
+
+
+class DreamVecEnv(VectorEnv):
+    """``num_envs`` dreams stepped as one batched program (Gymnasium VectorEnv, next-step autoreset).
+
+    ``step_tensor`` / ``reset_tensor`` are the torch-native fast path used by the trainers; the
+    Gymnasium ``step`` / ``reset`` wrap them with numpy conversion.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"]}
+
+    def __init__(self, mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma: torch.Tensor, num_envs: int,
+                 config: DreamConfig | None = None, vae=None, seed: int | None = None,
+                 render_mode: str | None = None) -> None:
+        self.model = mdnrnn.eval()
+        self.device = next(mdnrnn.parameters()).device
+        self.config = config or DreamConfig()
+        self.start_mu = start_mu.to(self.device)
+        self.start_sigma = start_log_sigma.exp().to(self.device)
+        self.num_envs = num_envs
+        self.vae = vae
+        self.render_mode = render_mode
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0 if seed is None else seed)
+        mdn = mdnrnn.config
+        self.discrete = mdn["discrete_actions"]
+        self.single_feature_dim = feature_dim(mdn["z_dim"], mdn["hidden"], self.config.include_cell)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (self.single_feature_dim,), np.float32)
+        self.single_action_space = (gym.spaces.Discrete(mdn["action_dim"]) if self.discrete else
+                                    gym.spaces.Box(-1.0, 1.0, (mdn["action_dim"],), np.float32))
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._needs_reset = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self.z = self.carry = self.steps = None
+
+    # ---- torch-native API -------------------------------------------------------------
+    @torch.no_grad()
+    def reset_tensor(self, seed: int | None = None) -> torch.Tensor:
+        """Start every dream afresh; returns features (num_envs, F)."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.z = self._start_latents(self.num_envs)
+        self.carry = self.model.initial_carry(self.num_envs, self.device)
+        self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self._needs_reset.zero_()
+        return self.features()
+
+    def features(self) -> torch.Tensor:
+        return controller_features(self.z, self.carry, self.config.include_cell)
+
+    @torch.no_grad()
+    def step_tensor(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Advance every dream one step: returns features, reward, terminated, truncated (each batched).
+
+        Dreams that ended on the previous step are reset first (next-step autoreset): their
+        action is ignored, their reward is 0 and their new features are the reset ones.
+        """
+        resetting = self._needs_reset.clone()
+        out, self.carry = self.model.step(self.z, actions, self.carry)
+        z_next = self.model.sample(out, self.config.temperature, self.generator)
+        p_done = torch.sigmoid(out.done_logit)
+        if self.config.done_mode == "sample":
+            terminated = torch.rand(p_done.shape, generator=self.generator, device=self.device) < p_done
+        else:
+            terminated = p_done > self.config.done_threshold
+        reward = torch.ones_like(p_done) if self.config.reward_mode == "survival" else out.reward
+        self.z = z_next
+        self.steps += 1
+        truncated = (self.steps >= self.config.max_episode_steps) & ~terminated
+        if resetting.any():
+            self._reset_some(resetting)
+            reward = torch.where(resetting, torch.zeros_like(reward), reward)
+            terminated, truncated = terminated & ~resetting, truncated & ~resetting
+        self._needs_reset = terminated | truncated
+        return self.features(), reward, terminated, truncated
+
+    def _start_latents(self, n: int) -> torch.Tensor:
+        index = torch.randint(len(self.start_mu), (n,), generator=self.generator, device=self.device)
+        noise = torch.randn((n, self.start_mu.shape[1]), generator=self.generator, device=self.device)
+        return self.start_mu[index] + self.start_sigma[index] * noise
+
+    def _reset_some(self, mask: torch.Tensor) -> None:
+        n = int(mask.sum())
+        self.z[mask] = self._start_latents(n)
+        h, c = self.carry
+        h[:, mask] = 0.0
+        c[:, mask] = 0.0
+        self.steps[mask] = 0
+
+    # ---- Gymnasium VectorEnv API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        return self.reset_tensor(seed).cpu().numpy(), {}
+
+    def step(self, actions):
+        actions = torch.as_tensor(np.asarray(actions), device=self.device)
+        actions = actions.long() if self.discrete else actions.float()
+        features, reward, terminated, truncated = self.step_tensor(actions)
+        return (features.cpu().numpy(), reward.float().cpu().numpy(), terminated.cpu().numpy(),
+                truncated.cpu().numpy(), {})
+
+    @torch.no_grad()
+    def render(self) -> np.ndarray | None:
+        """Decoded frames of all dreams through V: (num_envs, 64, 64, 3) uint8."""
+        if self.vae is None or self.z is None:
+            return None
+        frames = self.vae.decode(self.z).clamp(0, 1)
+        return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class SingleDreamEnv(gym.Env):
+    """A single dream as a plain ``gymnasium.Env`` (for ``check_env`` and one-off use)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, dream: DreamVecEnv) -> None:
+        assert dream.num_envs == 1
+        self.dream = dream
+        self.observation_space = dream.single_observation_space
+        self.action_space = dream.single_action_space
+        self.render_mode = "rgb_array" if dream.vae is not None else None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is None:
+            seed = int(self.np_random.integers(2**31))
+        features = self.dream.reset_tensor(seed)
+        return features[0].cpu().numpy(), {}
+
+    def step(self, action):
+        action = torch.as_tensor(np.asarray(action)[None], device=self.dream.device)
+        action = action.long() if self.dream.discrete else action.float()
+        features, reward, terminated, truncated = self.dream.step_tensor(action)
+        return (features[0].cpu().numpy(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), {})
+
+    def render(self):
+        frames = self.dream.render()
+        return None if frames is None else frames[0]
+
+
+@torch.no_grad()
+def dream_rollouts(dream: DreamVecEnv, act, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Play the first episode of every dream: returns and lengths, each (num_envs,).
+
+    ``act(features (B, F)) -> actions (B,) or (B, A)`` is the batched policy. Dreams that have
+    ended keep being stepped (the batch stays rectangular) but stop counting.
+    """
+    features = dream.reset_tensor(seed)
+    alive = torch.ones(dream.num_envs, dtype=torch.bool, device=dream.device)
+    returns = torch.zeros(dream.num_envs, device=dream.device)
+    lengths = torch.zeros(dream.num_envs, dtype=torch.int64, device=dream.device)
+    while alive.any():
+        features, reward, terminated, truncated = dream.step_tensor(act(features))
+        returns += torch.where(alive, reward.float(), torch.zeros_like(returns))
+        lengths += alive.long()
+        alive &= ~(terminated | truncated)
+    return returns, lengths

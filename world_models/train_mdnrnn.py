@@ -1,0 +1,203 @@
+"""Train M, the MDN-RNN, from the latent cache of a run's V; resumable, observable.
+
+Every batch samples z ~ N(mu, sigma) afresh from the cached encodings (as the paper does), so
+M never re-encodes a frame. Episodes are cut into chunks of ``seq_len`` steps (a random
+offset each epoch); shorter chunks are padded and the padding is masked out of every loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from envs.episodes import load_metadata
+from world_models.checkpoint import load_checkpoint, load_module_state
+from world_models.data import LatentEpisodes
+from world_models.latents import build_latent_cache
+from world_models.mdnrnn import MDNRNN
+from world_models.runlog import RunLogger, resolve_device
+from world_models.train_vae import load_vae, vae_dir
+from world_models.training import TrainState, check_finite, progress_bar
+
+MDNRNN_DIR = "mdnrnn"
+
+
+@dataclass
+class MDNRNNConfig:
+    run_dir: Path
+    """Run directory holding the trained V (from `train.py vae`)."""
+    data: Path | None = None
+    """Rollout dataset; defaults to the one V was trained on."""
+    hidden: int = 256
+    """LSTM units (World Models: 256 CarRacing, 512 Doom)."""
+    mixtures: int = 5
+    """Gaussians per latent dimension."""
+    seq_len: int = 100
+    """Steps per training sequence (paper Doom: 500)."""
+    batch_size: int = 32
+    epochs: int = 20
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    done_weight: float = 10.0
+    """Weight of terminal steps in the done loss (released code: 10)."""
+    reward_weight: float = 1.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda"""
+    wandb_mode: str = "disabled"
+    """online | offline | disabled"""
+    progress: bool = True
+
+
+def mdnrnn_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / MDNRNN_DIR
+
+
+def load_mdnrnn(run_dir: Path, device: str | torch.device = "cpu") -> tuple[MDNRNN, dict]:
+    """The trained M of a run, with its config."""
+    tensors, config = load_checkpoint(mdnrnn_dir(run_dir), device=device)
+    model = MDNRNN(config["z_dim"], config["action_dim"], config["discrete_actions"], config["hidden"],
+                   config["mixtures"]).to(device)
+    load_module_state(model, tensors)
+    model.eval()
+    return model, config
+
+
+@dataclass
+class SequenceBatch:
+    z: torch.Tensor  # (B, L, z) inputs z_t
+    actions: torch.Tensor  # (B, L) int64 or (B, L, A)
+    z_next: torch.Tensor  # (B, L, z) targets z_{t+1}
+    rewards: torch.Tensor  # (B, L)
+    terminated: torch.Tensor  # (B, L) float
+    mask: torch.Tensor  # (B, L) bool: real steps
+
+
+def epoch_chunks(latents: LatentEpisodes, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """(N, 3) rows of (episode, start, length), shuffled: every step of every episode exactly once.
+
+    A random first cut in [1, seq_len] each epoch means sequences do not always start at reset.
+    """
+    rows = []
+    for episode, length in enumerate(latents.lengths().tolist()):
+        first_cut = int(torch.randint(1, seq_len + 1, (1,), generator=generator))
+        starts = [0, *range(first_cut, length, seq_len)] if length > seq_len else [0]
+        ends = [*starts[1:], length]
+        rows += [(episode, start, end - start) for start, end in zip(starts, ends, strict=True)]
+    chunks = torch.tensor(rows, dtype=torch.int64)
+    return chunks[torch.randperm(len(chunks), generator=generator)]
+
+
+def make_batch(latents: LatentEpisodes, chunks: torch.Tensor, seq_len: int,
+               generator: torch.Generator) -> SequenceBatch:
+    """Gather padded sequences for some chunks and sample z ~ N(mu, sigma) afresh."""
+    episodes, starts, lengths = chunks.unbind(1)
+    t = torch.arange(seq_len + 1)[None, :]
+    mask = t[:, :seq_len] < lengths[:, None]
+    # padding repeats the chunk's last frame / step: finite values that the mask then ignores
+    frames = latents.offsets[episodes, None] + starts[:, None] + torch.minimum(t, lengths[:, None])
+    steps = latents.step_offsets[episodes, None] + starts[:, None] + torch.minimum(
+        t[:, :seq_len], lengths[:, None] - 1)
+    mu, sigma = latents.mu[frames], latents.log_sigma[frames].exp()
+    z = mu + sigma * torch.randn(mu.shape, generator=generator)
+    return SequenceBatch(
+        z=z[:, :-1], actions=latents.actions[steps], z_next=z[:, 1:], rewards=latents.rewards[steps],
+        terminated=latents.terminated[steps].float(), mask=mask,
+    )
+
+
+def batches(latents: LatentEpisodes, config: MDNRNNConfig, generator: torch.Generator, device):
+    chunks = epoch_chunks(latents, config.seq_len, generator)
+    for start in range(0, len(chunks), config.batch_size):
+        batch = make_batch(latents, chunks[start : start + config.batch_size], config.seq_len, generator)
+        yield SequenceBatch(**{k: v.to(device) for k, v in batch.__dict__.items()})
+
+
+def model_losses(model: MDNRNN, batch: SequenceBatch, config: MDNRNNConfig) -> dict[str, torch.Tensor]:
+    out, _ = model(batch.z, batch.actions)
+    return model.losses(out, batch.z_next, batch.rewards, batch.terminated, batch.mask,
+                        done_weight=config.done_weight, reward_weight=config.reward_weight)
+
+
+@torch.no_grad()
+def evaluate_mdnrnn(model: MDNRNN, latents: LatentEpisodes, config: MDNRNNConfig, device) -> dict:
+    """Validation losses, averaged over steps, with a fixed sampling seed (comparable across epochs)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(12345)
+    totals, weight = {}, 0.0
+    for batch in batches(latents, config, generator, device):
+        steps = float(batch.mask.sum())
+        for key, value in model_losses(model, batch, config).items():
+            totals[key] = totals.get(key, 0.0) + float(value) * steps
+        weight += steps
+    model.train()
+    return {f"val_{k}": v / max(weight, 1.0) for k, v in totals.items()}
+
+
+def train_mdnrnn(config: MDNRNNConfig) -> dict:
+    """Train (or resume training) M on the latent cache; returns the final metrics."""
+    device = resolve_device(config.device)
+    vae, vae_config = load_vae(config.run_dir, device)
+    data = Path(config.data or vae_config["data"])
+    meta = load_metadata(data)
+    latents, num_train = build_latent_cache(config.run_dir, data, vae, vae_dir(config.run_dir) / "model.safetensors",
+                                            config.val_fraction, config.progress)
+    train_latents = latents.subset(range(num_train))
+    val_latents = latents.subset(range(num_train, latents.num_episodes)) if num_train < latents.num_episodes \
+        else train_latents
+    model_config = _model_config(meta, vae_config, config)
+    torch.manual_seed(config.seed)
+    model = MDNRNN(vae_config["z_dim"], model_config["action_dim"], model_config["discrete_actions"],
+                   config.hidden, config.mixtures).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    state = TrainState.resume(mdnrnn_dir(config.run_dir), model, optimizer, model_config)
+    logger = RunLogger(config.run_dir, config, "mdnrnn", config.wandb_mode)
+    if state.epoch == 0:
+        logger.log({"epoch": 0, **evaluate_mdnrnn(model, val_latents, config, device)}, 0)
+    metrics = {}
+    bar = progress_bar("M", config.epochs, state.epoch, config.progress)
+    for epoch in range(state.epoch, config.epochs):
+        metrics = _train_epoch(model, optimizer, train_latents, epoch, state, config, device)
+        metrics.update(evaluate_mdnrnn(model, val_latents, config, device))
+        logger.log(metrics, state.step)
+        state.epoch = epoch + 1
+        state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config)
+        bar.advance(f"nll {metrics['nll']:.3f} val {metrics['val_nll']:.3f} {metrics['steps_per_s']:.0f} steps/s")
+    bar.close()
+    logger.close()
+    return metrics
+
+
+def _model_config(meta: dict, vae_config: dict, config: MDNRNNConfig) -> dict:
+    space = meta["action_space"]
+    discrete = space["type"] == "discrete"
+    return {
+        "z_dim": vae_config["z_dim"], "hidden": config.hidden, "mixtures": config.mixtures,
+        "discrete_actions": discrete, "action_dim": space["n"] if discrete else space["shape"][0],
+        "env_id": meta["env_id"], "action_space": space,
+    }
+
+
+def _train_epoch(model, optimizer, latents, epoch, state, config, device) -> dict:
+    model.train()
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    start, steps_seen, totals, count = time.perf_counter(), 0, {}, 0
+    for batch in batches(latents, config, generator, device):
+        losses = model_losses(model, batch, config)
+        check_finite(losses["loss"], "M", mdnrnn_dir(config.run_dir))
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        state.step += 1
+        steps_seen += int(batch.mask.sum())
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + float(value.detach())
+        count += 1
+    metrics = {k: v / max(count, 1) for k, v in totals.items()}
+    metrics.update(epoch=epoch + 1, steps_per_s=steps_seen / (time.perf_counter() - start))
+    return metrics

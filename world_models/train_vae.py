@@ -1,0 +1,143 @@
+"""Train V, the ConvVAE, from a rollout dataset; resumable, observable.
+
+Per step it logs loss, reconstruction, KL, mean mu and mean sigma of q(z|x), frames/s; per
+epoch the validation loss and a reconstruction grid (real above, decoded below).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.episodes import load_metadata
+from envs.errors import UserError
+from world_models.checkpoint import load_checkpoint, load_module_state
+from world_models.data import FrameStream, dataset_files, load_frames
+from world_models.runlog import RunLogger, resolve_device
+from world_models.training import TrainState, check_finite, progress_bar
+from world_models.vae import ConvVAE, frames_to_tensor
+
+VAE_DIR = "vae"
+
+
+@dataclass
+class VAEConfig:
+    data: Path
+    """Rollout dataset directory (from `train.py collect`)."""
+    run_dir: Path
+    """Run directory: checkpoints, metrics.jsonl, images."""
+    z_dim: int = 64
+    """Latent size (World Models: 32 CarRacing, 64 Doom)."""
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-4
+    kl_tolerance: float = 0.5
+    """KL floor per latent dim (released code: 0.5); 0 disables it."""
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for the validation loss."""
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda"""
+    log_every: int = 20
+    """Steps between metric lines."""
+    wandb_mode: str = "disabled"
+    """online | offline | disabled"""
+    progress: bool = True
+
+
+def vae_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / VAE_DIR
+
+
+def load_vae(run_dir: Path, device: str | torch.device = "cpu") -> tuple[ConvVAE, dict]:
+    """The trained V of a run, with its config."""
+    tensors, config = load_checkpoint(vae_dir(run_dir), device=device)
+    vae = ConvVAE(z_dim=config["z_dim"]).to(device)
+    load_module_state(vae, tensors)
+    vae.eval()
+    return vae, config
+
+
+def reconstruction_grid(vae: ConvVAE, frames: torch.Tensor) -> np.ndarray:
+    """(2*64, n*64, 3) uint8: real frames on top, their decoded reconstructions below."""
+    with torch.no_grad():
+        device = next(vae.parameters()).device
+        x = frames_to_tensor(frames.to(device))
+        mu, _ = vae.encode(x)
+        decoded = (vae.decode(mu).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    top = torch.cat(list(frames.cpu()), dim=1)
+    bottom = torch.cat(list(decoded), dim=1)
+    return torch.cat([top, bottom], dim=0).numpy()
+
+
+def evaluate_vae(vae: ConvVAE, files: list[Path], config: VAEConfig, device: torch.device) -> dict:
+    """Mean loss terms over held-out episodes."""
+    totals, count = {}, 0
+    vae.eval()
+    with torch.no_grad():
+        for batch in FrameStream(files, 256, seed=0, drop_last=False).epoch(0):
+            x = frames_to_tensor(torch.from_numpy(batch).to(device))
+            terms = vae.loss(x, config.kl_tolerance)
+            for key in ("loss", "recon", "kl"):
+                totals[key] = totals.get(key, 0.0) + float(terms[key]) * len(batch)
+            count += len(batch)
+    vae.train()
+    return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+def train_vae(config: VAEConfig) -> dict:
+    """Train (or resume training) V; returns the final validation metrics."""
+    device = resolve_device(config.device)
+    meta = load_metadata(config.data)
+    train_files, val_files = dataset_files(config.data, config.val_fraction)
+    model_config = {"z_dim": config.z_dim, "env_id": meta["env_id"], "data": str(config.data)}
+    torch.manual_seed(config.seed)
+    vae = ConvVAE(z_dim=config.z_dim).to(device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    state = TrainState.resume(vae_dir(config.run_dir), vae, optimizer, model_config)
+    logger = RunLogger(config.run_dir, config, "vae", config.wandb_mode)
+    stream = FrameStream(train_files, config.batch_size, seed=config.seed)
+    grid_frames = load_frames(val_files or train_files)[:: 37][:8]
+    metrics = {}
+    bar = progress_bar("V", config.epochs, state.epoch, config.progress)
+    for epoch in range(state.epoch, config.epochs):
+        metrics = _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device)
+        metrics.update(evaluate_vae(vae, val_files, config, device))
+        logger.log(metrics, state.step)
+        logger.image(f"reconstruction_epoch{epoch + 1:03d}", reconstruction_grid(vae, grid_frames), state.step)
+        state.epoch = epoch + 1
+        state.save(vae_dir(config.run_dir), vae, optimizer, model_config)
+        bar.advance(f"loss {metrics['loss']:.1f} val {metrics['val_loss']:.1f} {metrics['frames_per_s']:.0f} f/s")
+    bar.close()
+    logger.close()
+    if state.epoch == 0:
+        raise UserError("--epochs must be at least 1")
+    return metrics
+
+
+def _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device) -> dict:
+    vae.train()
+    start, frames_seen, last = time.perf_counter(), 0, {}
+    for batch in stream.epoch(epoch):
+        x = frames_to_tensor(torch.from_numpy(batch).to(device, non_blocking=True))
+        terms = vae.loss(x, config.kl_tolerance)
+        check_finite(terms["loss"], "V", vae_dir(config.run_dir))
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        state.step += 1
+        frames_seen += len(batch)
+        if state.step % config.log_every == 0:
+            last = {k: float(v.detach()) for k, v in terms.items()}
+            last["frames_per_s"] = frames_seen / (time.perf_counter() - start)
+            logger.log(last, state.step)
+    if frames_seen == 0:
+        raise UserError(f"the training episodes hold fewer frames than one batch ({config.batch_size})")
+    last = {k: float(v.detach()) for k, v in terms.items()}
+    last["frames_per_s"] = frames_seen / (time.perf_counter() - start)
+    last["epoch"] = epoch + 1
+    return last

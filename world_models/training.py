@@ -1,0 +1,96 @@
+"""What every training loop shares: resumable state, NaN guard, progress bar."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from envs.errors import UserError
+from world_models.checkpoint import (
+    check_config,
+    load_checkpoint,
+    load_module_state,
+    module_state,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+
+STATE_NAME = "train_state"
+
+
+class DivergedError(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_finite(loss: torch.Tensor, what: str, checkpoint_dir: Path) -> None:
+    if not torch.isfinite(loss):
+        raise DivergedError(
+            f"{what} loss became {loss.item()}: stopped; the last good checkpoint in {checkpoint_dir} "
+            "is kept (lower --lr or check the data, then run again to resume from it)"
+        )
+
+
+@dataclass
+class TrainState:
+    """Epoch and step counters, saved with the model, optimizer and torch RNG so a killed run
+    resumes exactly where its last checkpoint left it.
+
+    ``train_state.safetensors`` holds everything needed to resume (model included, so the pair
+    can never be out of step); ``model.safetensors`` is the exported weights users load.
+    """
+
+    epoch: int = 0
+    step: int = 0
+
+    def save(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             model_config: dict, extra: dict | None = None) -> None:
+        optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
+        tensors = {f"model.{k}": v for k, v in module_state(model).items()}
+        tensors.update(optim_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"epoch": self.epoch, "step": self.step, "optimizer": optim_meta, "model": model_config,
+                **(extra or {})}
+        save_checkpoint(directory, tensors, meta, name=STATE_NAME)
+        save_checkpoint(directory, module_state(model), {**model_config, **(extra or {})})
+
+    @classmethod
+    def resume(cls, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               model_config: dict, what: str = "this run") -> TrainState:
+        """Restore from ``directory`` when it holds a training state, else start fresh."""
+        if not (Path(directory) / f"{STATE_NAME}.safetensors").exists():
+            return cls()
+        device = next(model.parameters()).device
+        tensors, meta = load_checkpoint(directory, name=STATE_NAME, device=device)
+        check_config(meta["model"], model_config, f"the checkpoint in {directory}")
+        load_module_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+        print(f"resuming {what} from {directory} (epoch {meta['epoch']}, step {meta['step']})")
+        return cls(epoch=meta["epoch"], step=meta["step"])
+
+
+class progress_bar:
+    """A rich progress bar over epochs (or generations) with ETA; silent when disabled."""
+
+    def __init__(self, name: str, total: int, completed: int = 0, enabled: bool = True) -> None:
+        self.progress = None
+        self.start = time.perf_counter()
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.progress.start()
+            self.task = self.progress.add_task(name, total=total, completed=completed, info="")
+
+    def advance(self, info: str = "") -> None:
+        if self.progress:
+            self.progress.update(self.task, advance=1, info=info)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
