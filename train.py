@@ -3,6 +3,7 @@
     python train.py collect --env VizdoomTakeCover-v1 --episodes 20 --out data/takecover --workers 2
     python train.py vae --data data/takecover --run-dir runs/takecover
     python train.py mdnrnn --run-dir runs/takecover
+    python train.py controller --run-dir runs/takecover --algo cmaes --where dream
 
 Each subcommand's ``--help`` lists its options (generated from the dataclasses below). User
 errors (bad ids, missing data, mismatched checkpoints) print one line and exit with code 2.
@@ -17,6 +18,7 @@ from typing import Literal
 
 import tyro
 
+from agents.train_controller import ControllerConfig
 from envs.errors import UserError
 from world_models.train_mdnrnn import MDNRNNConfig
 from world_models.train_vae import VAEConfig
@@ -68,10 +70,19 @@ def run_mdnrnn(args: MDNRNNConfig) -> None:
           f"done precision {metrics['val_done_precision']:.2f}")
 
 
+def run_controller(args: ControllerConfig) -> None:
+    from agents.train_controller import train_controller
+
+    summary = train_controller(args)
+    print(f"C trained ({args.algo}, {args.where}): best fitness {summary['fitness']:.1f} "
+          f"at generation {summary.get('generation')}; saved to {args.run_dir}/controller")
+
+
 COMMANDS = {
     "collect": (Collect, run_collect),
     "vae": (VAEConfig, run_vae),
     "mdnrnn": (MDNRNNConfig, run_mdnrnn),
+    "controller": (ControllerConfig, run_controller),
 }
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from world_models.checkpoint import load_checkpoint, load_module_state
-from world_models.mdnrnn import MDNRNN
-from world_models.vae import ConvVAE, frames_to_tensor
 
 from agents.controller import Controller, ControllerSpec
+from world_models.checkpoint import load_checkpoint, load_module_state, module_state, save_checkpoint
 from world_models.dream import controller_features
+from world_models.mdnrnn import MDNRNN
 from world_models.train_mdnrnn import load_mdnrnn
 from world_models.train_vae import load_vae
+from world_models.vae import ConvVAE, frames_to_tensor
 
 CONTROLLER_DIR = "controller"
 
@@ -35,6 +35,12 @@ def load_controller(run_dir: Path, device: str | torch.device = "cpu") -> tuple[
     controller = Controller(ControllerSpec.from_dict(info["spec"])).to(device)
     load_module_state(controller, tensors)
     return controller.eval(), info
+
+
+def save_controller(run_dir: Path, controller: Controller, info: dict) -> None:
+    """Save C (safetensors) with its spec and provenance (JSON) as the run's deployed controller."""
+    config = {**info, "spec": controller.spec.to_dict()}
+    save_checkpoint(Path(run_dir) / CONTROLLER_DIR, module_state(controller), config)
 
 
 @dataclass

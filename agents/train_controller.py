@@ -1,0 +1,190 @@
+"""Train C for a run's V and M: CMA-ES or natural policy gradient, in the dream or the real env.
+
+The dream is the batched ``DreamVecEnv`` (whole population x rollouts in one program); the
+real env runs in worker processes (CMA-ES) or as a vector of envs seen through V and M (NPG).
+The best controller so far is always saved to ``RUN/controller`` for ``eval.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from agents.agent import save_controller
+from agents.controller import Controller, ControllerSpec
+from agents.evaluate import load_start_latents
+from agents.fitness import DreamFitness, RealFitness
+from agents.npg import NPGConfig
+from agents.npg_train import RealFeatureEnv, train_npg
+from envs.errors import UserError
+from envs.make import make_env
+from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
+from world_models.runlog import RunLogger, resolve_device
+from world_models.train_mdnrnn import load_mdnrnn
+from world_models.train_vae import load_vae
+from world_models.training import progress_bar
+
+
+@dataclass
+class ControllerConfig:
+    run_dir: Path
+    """Run directory with trained V and M."""
+    algo: Literal["cmaes", "npg"] = "cmaes"
+    """cmaes: evolution strategy (paper); npg: natural policy gradient with Fisher-vector products."""
+    where: Literal["dream", "real"] = "dream"
+    """Train inside M's dream or in the real env."""
+    temperature: float = 1.15
+    """Dream sampling temperature tau (paper Doom: 1.15)."""
+    generations: int = 100
+    """CMA-ES generations, or NPG iterations."""
+    population: int = 64
+    rollouts: int = 16
+    """Rollouts per member; fitness is their mean return."""
+    sigma0: float = 0.1
+    eval_every: int = 25
+    """Re-evaluate the best member every K generations."""
+    eval_rollouts: int = 256
+    """Rollouts for that re-evaluation (paper: 1024)."""
+    workers: int = 1
+    """Real-env worker processes."""
+    hidden: int = 0
+    """0: linear controller (paper); >0: one tanh hidden layer of that size."""
+    include_cell: bool = False
+    """Feed the LSTM cell c to C as well as h."""
+    done_mode: Literal["threshold", "sample"] = "threshold"
+    max_episode_steps: int = 2100
+    npg_envs: int = 256
+    """NPG: parallel envs per batch (dream) — real uses --workers envs."""
+    npg_horizon: int = 128
+    """NPG: steps per env per iteration."""
+    max_kl: float = 0.01
+    damping: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda (dream)."""
+    wandb_mode: str = "disabled"
+    """online | offline | disabled"""
+    progress: bool = True
+
+
+def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpec:
+    space = mdn_config["action_space"]
+    bounds = {} if space["type"] == "discrete" else {"action_low": tuple(space["low"]),
+                                                     "action_high": tuple(space["high"])}
+    return ControllerSpec(feature_dim(mdn_config["z_dim"], mdn_config["hidden"], config.include_cell),
+                          mdn_config["action_dim"], space["type"] == "discrete", config.hidden, **bounds)
+
+
+def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
+    reward_mode = "survival" if "TakeCover" in mdn_config["env_id"] else "model"
+    return DreamConfig(temperature=config.temperature, done_mode=config.done_mode, reward_mode=reward_mode,
+                       max_episode_steps=config.max_episode_steps, include_cell=config.include_cell)
+
+
+def train_controller(config: ControllerConfig) -> dict:
+    """Train C; returns a summary with the best fitness and where the controller was saved."""
+    if config.generations < 1 or config.population < 2 or config.rollouts < 1:
+        raise UserError("--generations and --rollouts must be at least 1 and --population at least 2")
+    device = resolve_device(config.device) if config.where == "dream" else torch.device("cpu")
+    mdnrnn, mdn_config = load_mdnrnn(config.run_dir, device)
+    spec = controller_spec(mdn_config, config)
+    dream = dream_config(config, mdn_config)
+    start_mu, start_log_sigma = load_start_latents(config.run_dir, device)
+
+    def make_dream(num_envs: int, seed: int = config.seed) -> DreamVecEnv:
+        return DreamVecEnv(mdnrnn, start_mu, start_log_sigma, num_envs, dream, seed=seed)
+
+    info = {"env_id": mdn_config["env_id"], "algo": config.algo, "where": config.where,
+            "include_cell": config.include_cell, "dream": dataclasses.asdict(dream)}
+    logger = RunLogger(config.run_dir, config, f"controller_{config.algo}_{config.where}", config.wandb_mode)
+    try:
+        if config.algo == "cmaes":
+            summary = _train_cmaes(config, spec, make_dream, info, logger)
+        else:
+            summary = _train_npg(config, spec, make_dream, mdnrnn, info, logger)
+    finally:
+        logger.close()
+    return summary
+
+
+def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
+    from agents.cmaes import CMAESConfig, CMAESTrainer
+
+    cma_config = CMAESConfig(population=config.population, rollouts=config.rollouts, sigma0=config.sigma0,
+                             generations=config.generations, eval_every=config.eval_every,
+                             eval_rollouts=config.eval_rollouts, seed=config.seed)
+    if config.where == "dream":
+        fitness = DreamFitness(make_dream, spec, config.rollouts)
+        eval_fitness = DreamFitness(make_dream, spec, config.eval_rollouts)
+    else:
+        fitness = RealFitness(config.run_dir, info["env_id"], spec, config.rollouts, config.workers,
+                              config.include_cell)
+        eval_fitness = None
+    trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / f"cmaes_{config.where}")
+    bar = progress_bar("C (CMA-ES)", config.generations, enabled=config.progress)
+
+    def log(record: dict) -> None:
+        logger.log(record, record["generation"])
+        bar.advance(f"best {record['best']:.1f} mean {record['mean']:.1f}")
+
+    try:
+        result = trainer.train(fitness, eval_fitness=eval_fitness, log=log)
+    finally:
+        bar.close()
+        if isinstance(fitness, RealFitness):
+            fitness.close()
+    controller, best = trainer.best_controller()
+    save_controller(config.run_dir, controller, {**info, **best})
+    return {**result, **best}
+
+
+def _train_npg(config, spec, make_dream, mdnrnn, info, logger) -> dict:
+    npg = NPGConfig(max_kl=config.max_kl, damping=config.damping)
+    if config.where == "dream":
+        env = make_dream(config.npg_envs)
+    else:
+        vae, _ = load_vae(config.run_dir)
+        env = RealFeatureEnv([lambda: make_env(info["env_id"])] * max(config.workers, 1), vae, mdnrnn,
+                             config.include_cell)
+    best = {"fitness": -math.inf}
+    bar = progress_bar("C (NPG)", config.generations, enabled=config.progress)
+    start = time.perf_counter()
+
+    def log(record: dict) -> None:
+        logger.log(record, record["iteration"])
+        bar.advance(f"return {record['mean_return']:.1f}")
+
+    def checkpoint(iteration: int, policy) -> None:
+        if iteration % config.eval_every and iteration != config.generations:
+            return
+        controller = policy.to_controller()
+        score = _dream_score(controller, make_dream, config) if config.where == "dream" else _recent(logger)
+        logger.log({"iteration": iteration, "eval_fitness": score}, iteration)
+        if score > best["fitness"]:
+            best.update(fitness=score, generation=iteration)
+            save_controller(config.run_dir, controller, {**info, **best})
+
+    try:
+        train_npg(env, spec, npg, config.generations, config.npg_horizon, config.seed, log, checkpoint)
+    finally:
+        bar.close()
+    return {"best_fitness": best["fitness"], "seconds": time.perf_counter() - start, **best}
+
+
+def _dream_score(controller: Controller, make_dream, config: ControllerConfig) -> float:
+    dream = make_dream(config.eval_rollouts, seed=config.seed + 999)
+    returns, _ = dream_rollouts(dream, controller.to(dream.device).act, seed=config.seed + 999)
+    return float(returns.mean())
+
+
+def _recent(logger: RunLogger) -> float:
+    from world_models.runlog import read_metrics
+
+    records = [r for r in read_metrics(logger.run_dir, logger.stage) if "mean_return" in r]
+    return records[-1]["mean_return"] if records else -math.inf
