@@ -4,6 +4,7 @@
     python train.py vae --data data/takecover --run-dir runs/takecover
     python train.py mdnrnn --run-dir runs/takecover
     python train.py controller --run-dir runs/takecover --algo cmaes --where dream
+    python train.py pipeline --preset doom-take-cover --run-dir runs/takecover   # all of the above + eval
 
 Each subcommand's ``--help`` lists its options (generated from the dataclasses below). User
 errors (bad ids, missing data, mismatched checkpoints) print one line and exit with code 2.
@@ -12,9 +13,10 @@ errors (bad ids, missing data, mismatched checkpoints) print one line and exit w
 from __future__ import annotations
 
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -78,11 +80,50 @@ def run_controller(args: ControllerConfig) -> None:
           f"at generation {summary.get('generation')}; saved to {args.run_dir}/controller")
 
 
+def _pipeline_args():
+    """``train.py pipeline`` options: a preset name, a run dir, and an override for every setting."""
+    import dataclasses
+
+    from agents.presets import PRESETS, PipelineSettings
+
+    default = PRESETS["doom-take-cover"]
+    types = typing.get_type_hints(PipelineSettings)
+    overrides = [
+        (f.name, Annotated[types[f.name] | None, tyro.conf.arg(help=f"override the preset (doom-take-cover: "
+                                                         f"{getattr(default, f.name)})")], None)
+        for f in dataclasses.fields(PipelineSettings)
+    ]
+    return dataclasses.make_dataclass("Pipeline", [
+        ("run_dir", Annotated[Path, tyro.conf.arg(help="run directory (resumes when it exists)")]),
+        ("preset", Annotated[Literal[tuple(PRESETS)], tyro.conf.arg(help="named settings")], "doom-take-cover"),
+        ("device", Annotated[str, tyro.conf.arg(help="auto | cpu | cuda")], "auto"),
+        ("wandb_mode", Annotated[str, tyro.conf.arg(help="online | offline | disabled")], "disabled"),
+        ("progress", Annotated[bool, tyro.conf.arg(help="show progress bars")], True),
+        *overrides,
+    ], namespace={"__doc__": "Run collect -> V -> M -> C (dream) -> real evaluation; skips finished stages."})
+
+
+Pipeline = _pipeline_args()
+
+
+def run_pipeline_command(args) -> None:
+    import dataclasses
+
+    from agents.pipeline import run_pipeline, summary_lines
+    from agents.presets import resolve
+
+    settings = resolve(args.preset, dataclasses.asdict(args))
+    summary = run_pipeline(settings, args.run_dir, args.device, args.wandb_mode, args.progress, args.preset)
+    for line in summary_lines(summary):
+        print(line)
+
+
 COMMANDS = {
     "collect": (Collect, run_collect),
     "vae": (VAEConfig, run_vae),
     "mdnrnn": (MDNRNNConfig, run_mdnrnn),
     "controller": (ControllerConfig, run_controller),
+    "pipeline": (Pipeline, run_pipeline_command),
 }
 
 

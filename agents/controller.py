@@ -206,3 +206,17 @@ class ControllerPopulation:
     def act(self, features: Tensor) -> Tensor:
         """Actions: LongTensor ``[P, N]`` (discrete) or float ``[P, N, A]`` (continuous)."""
         return outputs_to_actions(self.spec, self.outputs(features))
+
+    @torch.no_grad()
+    def act_per_env(self, features: Tensor, members: Tensor) -> Tensor:
+        """Actions for envs each driven by its own member: features ``[N, F]``, members ``[N]``.
+
+        Used once finished rollouts have been dropped from a batch, so members no longer
+        own equal blocks of envs.
+        """
+        x = features.unsqueeze(1)  # [N, 1, F]
+        for i, (w, b) in enumerate(self.layers):
+            x = torch.baddbmm(b[members], x, w[members])
+            if i < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return outputs_to_actions(self.spec, x.squeeze(1))

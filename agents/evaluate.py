@@ -63,7 +63,7 @@ def evaluate_real(run_dir: Path, env_id: str, seeds: list[int], workers: int = 1
 
 def evaluate_dream(dream: DreamVecEnv, controller, seed: int) -> EvalResult:
     """The first episode of each of ``dream.num_envs`` dreams, stepped as one batch."""
-    returns, lengths = dream_rollouts(dream, controller.act, seed)
+    returns, lengths = dream_rollouts(dream, lambda features, _: controller.act(features), seed)
     return EvalResult("dream", [seed] * dream.num_envs, returns.cpu().tolist(), lengths.cpu().tolist())
 
 

@@ -21,8 +21,8 @@ from world_models.dream import DreamVecEnv, dream_rollouts
 
 
 def population_policy(population: ControllerPopulation, rollouts: int):
-    """Batched act over P x rollouts dreams laid out member-major: (P*R, F) -> (P*R, ...)."""
-    return lambda features: population.act(features.view(population.size, rollouts, -1)).flatten(0, 1)
+    """Batched act over P x rollouts dreams laid out member-major: dream i is driven by member i // R."""
+    return lambda features, index: population.act_per_env(features, index // rollouts)
 
 
 class DreamFitness:

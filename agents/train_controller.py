@@ -115,6 +115,7 @@ def train_controller(config: ControllerConfig) -> dict:
 
 def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
     from agents.cmaes import CMAESConfig, CMAESTrainer
+    from agents.cmaes import load_controller as load_cmaes_controller
 
     cma_config = CMAESConfig(population=config.population, rollouts=config.rollouts, sigma0=config.sigma0,
                              generations=config.generations, eval_every=config.eval_every,
@@ -139,9 +140,10 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
         bar.close()
         if isinstance(fitness, RealFitness):
             fitness.close()
-    controller, best = trainer.best_controller()
-    save_controller(config.run_dir, controller, {**info, **best})
-    return {**result, **best}
+    controller, best = load_cmaes_controller(trainer.run_dir)
+    save_controller(config.run_dir, controller, {**info, "fitness": best["fitness"],
+                                                 "generation": best["generation"], "source": best["source"]})
+    return {**result, "fitness": best["fitness"], "generation": best["generation"]}
 
 
 def _train_npg(config, spec, make_dream, mdnrnn, info, logger) -> dict:
@@ -179,7 +181,8 @@ def _train_npg(config, spec, make_dream, mdnrnn, info, logger) -> dict:
 
 def _dream_score(controller: Controller, make_dream, config: ControllerConfig) -> float:
     dream = make_dream(config.eval_rollouts, seed=config.seed + 999)
-    returns, _ = dream_rollouts(dream, controller.to(dream.device).act, seed=config.seed + 999)
+    controller = controller.to(dream.device)
+    returns, _ = dream_rollouts(dream, lambda features, _: controller.act(features), seed=config.seed + 999)
     return float(returns.mean())
 
 

@@ -53,9 +53,10 @@ def step_rate(model, population: ControllerPopulation, rollouts: int, steps: int
     dream = DreamVecEnv(model, starts, torch.full_like(starts, -2.0), population.size * rollouts, config, seed=0)
     act = population_policy(population, rollouts)
     features = dream.reset_tensor(0)
+    index = torch.arange(dream.num_envs)
     start = time.perf_counter()
     for _ in range(steps):
-        features, *_ = dream.step_tensor(act(features))
+        features, *_ = dream.step_tensor(act(features, index))
     return dream.num_envs * steps / (time.perf_counter() - start)
 
 

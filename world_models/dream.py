@@ -65,7 +65,7 @@ class DreamVecEnv(VectorEnv):
         self.config = config or DreamConfig()
         self.start_mu = start_mu.to(self.device)
         self.start_sigma = start_log_sigma.exp().to(self.device)
-        self.num_envs = num_envs
+        self.num_envs = self.batch_size = num_envs
         self.vae = vae
         self.render_mode = render_mode
         self.generator = torch.Generator(device=self.device)
@@ -87,10 +87,11 @@ class DreamVecEnv(VectorEnv):
         """Start every dream afresh; returns features (num_envs, F)."""
         if seed is not None:
             self.generator.manual_seed(seed)
+        self.num_envs = self.batch_size  # undo any compact()
+        self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.z = self._start_latents(self.num_envs)
         self.carry = self.model.initial_carry(self.num_envs, self.device)
         self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-        self._needs_reset.zero_()
         return self.features()
 
     def features(self) -> torch.Tensor:
@@ -121,6 +122,14 @@ class DreamVecEnv(VectorEnv):
             terminated, truncated = terminated & ~resetting, truncated & ~resetting
         self._needs_reset = terminated | truncated
         return self.features(), reward, terminated, truncated
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Drop the dreams where ``keep`` is False (their state is discarded; ``num_envs`` shrinks)."""
+        self.z = self.z[keep]
+        self.carry = tuple(part[:, keep].contiguous() for part in self.carry)
+        self.steps = self.steps[keep]
+        self._needs_reset = self._needs_reset[keep]
+        self.num_envs = int(keep.sum())
 
     def _start_latents(self, n: int) -> torch.Tensor:
         index = torch.randint(len(self.start_mu), (n,), generator=self.generator, device=self.device)
@@ -189,16 +198,22 @@ class SingleDreamEnv(gym.Env):
 def dream_rollouts(dream: DreamVecEnv, act, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Play the first episode of every dream: returns and lengths, each (num_envs,).
 
-    ``act(features (B, F)) -> actions (B,) or (B, A)`` is the batched policy. Dreams that have
-    ended keep being stepped (the batch stays rectangular) but stop counting.
+    ``act(features (B, F), index (B,)) -> actions`` is the batched policy; ``index`` says which
+    of the original dreams each row is. Finished dreams stop counting at once and are dropped
+    from the batch (``compact``) once they are half of it, so a few long episodes do not keep
+    the whole population's cost.
     """
     features = dream.reset_tensor(seed)
+    index = torch.arange(dream.num_envs, device=dream.device)
     alive = torch.ones(dream.num_envs, dtype=torch.bool, device=dream.device)
     returns = torch.zeros(dream.num_envs, device=dream.device)
     lengths = torch.zeros(dream.num_envs, dtype=torch.int64, device=dream.device)
     while alive.any():
-        features, reward, terminated, truncated = dream.step_tensor(act(features))
-        returns += torch.where(alive, reward.float(), torch.zeros_like(returns))
-        lengths += alive.long()
+        features, reward, terminated, truncated = dream.step_tensor(act(features, index))
+        returns[index] += torch.where(alive, reward.float(), torch.zeros_like(reward, dtype=torch.float32))
+        lengths[index] += alive.long()
         alive &= ~(terminated | truncated)
+        if int(alive.sum()) <= len(index) // 2:
+            dream.compact(alive)
+            index, features, alive = index[alive], features[alive], alive[alive]
     return returns, lengths

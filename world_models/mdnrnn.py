@@ -1,9 +1,13 @@
 """M: an LSTM over [z_t, a_t] with a mixture-density head, a reward head and a done head.
 
-For every latent dimension i, p(z_{t+1, i} | h_t) = sum_k pi_ik N(mu_ik, sigma_ik^2) (K Gaussians).
+For every latent dimension i, with h_t = LSTM([z_t, a_t], carry):
+
+    p(z_{t+1, i} | h_t) = sum_k pi_ik N(z_{t+1, i}; mu_ik, sigma_ik^2),   pi_i = softmax(logit_pi_i)
+    log p(z_{t+1} | h_t) = sum_i logsumexp_k ( log pi_ik + log N(z_{t+1, i}; mu_ik, sigma_ik^2) )
+
 One module serves sequence training (``forward``) and batched single-step use in the dream and
 the agent (``step``), with the same weights; the recurrent state ``carry = (h, c)`` is passed
-explicitly.
+explicitly so that many dreams can run side by side.
 """
 
 from __future__ import annotations
@@ -16,25 +20,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
-# log sigma is kept in [-5, 2] with a smooth bound: an unbounded sigma lets the NLL of a
-# near-constant latent dimension run to hugely negative values (then NaN), the instability
-# users of the public code reported.
-LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 2.0
+# log sigma is kept in [-6, 2] by a smooth bound. Unbounded, a near-constant latent dimension
+# drives sigma -> 0 and its NLL to hugely negative values and then NaN: the MDN instability
+# users of the public code reported. sigma >= e^-6 ~ 0.0025 is far below the VAE's own noise.
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = -6.0, 2.0
 
 Carry = tuple[torch.Tensor, torch.Tensor]
 
 
 class MDNOutput(NamedTuple):
-    """Head outputs; leading dims (B, T) from ``forward``, (B,) from ``step``."""
+    """Head outputs. Leading dims are (B, T) from ``forward`` and (B,) from ``step``."""
 
-    logit_pi: torch.Tensor  # (..., z, K)
+    logit_pi: torch.Tensor  # (..., z, K) unnormalised mixture weights
     mu: torch.Tensor  # (..., z, K)
-    log_sigma: torch.Tensor  # (..., z, K)
-    reward: torch.Tensor  # (...)
-    done_logit: torch.Tensor  # (...)
+    log_sigma: torch.Tensor  # (..., z, K), in [LOG_SIGMA_MIN, LOG_SIGMA_MAX]
+    reward: torch.Tensor  # (...) predicted reward of the step
+    done_logit: torch.Tensor  # (...) logit of "the episode ends with this step"
 
 
 class MDNRNN(nn.Module):
+    """M: (z_t, a_t, carry) -> mixture over z_{t+1}, reward, done; see the module docstring."""
+
     def __init__(self, z_dim: int, action_dim: int, discrete_actions: bool, hidden: int = 256,
                  mixtures: int = 5) -> None:
         super().__init__()
@@ -47,84 +53,134 @@ class MDNRNN(nn.Module):
 
     @property
     def config(self) -> dict:
+        """The constructor arguments, for the checkpoint's JSON."""
         return {"z_dim": self.z_dim, "action_dim": self.action_dim, "discrete_actions": self.discrete_actions,
                 "hidden": self.hidden, "mixtures": self.mixtures}
 
     def initial_carry(self, batch: int, device: torch.device | str = "cpu") -> Carry:
-        zeros = torch.zeros(1, batch, self.hidden, device=device)
-        return zeros, zeros.clone()
+        """Zero LSTM state (h, c), each (1, B, hidden)."""
+        dtype = self.mdn.weight.dtype
+        return (torch.zeros(1, batch, self.hidden, device=device, dtype=dtype),
+                torch.zeros(1, batch, self.hidden, device=device, dtype=dtype))
 
-    def _encode_action(self, actions: torch.Tensor) -> torch.Tensor:
-        if self.discrete_actions:
-            return F.one_hot(actions.long(), self.action_dim).float()
-        return actions.float()
-
-    def _heads(self, h: torch.Tensor) -> MDNOutput:
-        params = self.mdn(h).view(*h.shape[:-1], self.z_dim, 3, self.mixtures)
-        logit_pi, mu, raw_log_sigma = params.unbind(-2)
-        span = LOG_SIGMA_MAX - LOG_SIGMA_MIN
-        log_sigma = LOG_SIGMA_MIN + span * torch.sigmoid(raw_log_sigma + math.log(-LOG_SIGMA_MIN / LOG_SIGMA_MAX))
-        return MDNOutput(logit_pi, mu, log_sigma, self.reward_head(h).squeeze(-1), self.done_head(h).squeeze(-1))
-
+    # ---- running the model ----------------------------------------------------------------
     def forward(self, z: torch.Tensor, actions: torch.Tensor, carry: Carry | None = None) -> tuple[MDNOutput, Carry]:
-        """z (B, T, z), actions (B, T) or (B, T, A) -> predictions for step t+1 at every t, final carry."""
-        h, carry = self.lstm(torch.cat([z, self._encode_action(actions)], dim=-1), carry)
+        """z (B, T, z), actions (B, T) long or (B, T, A) float, carry ((1, B, H) x 2) or None for zeros.
+
+        Returns the predictions for step t+1 made at every t (leading dims (B, T)) and the final carry.
+        """
+        x = torch.cat([z, self._encode_action(actions, z.dtype)], dim=-1)
+        h, carry = self.lstm(x, carry)
         return self._heads(h), carry
 
-    def step(self, z: torch.Tensor, actions: torch.Tensor, carry: Carry) -> tuple[MDNOutput, Carry]:
-        """One step for a batch: z (B, z), actions (B,) or (B, A) -> outputs with shapes (B, ...)."""
-        out, carry = self.forward(z[:, None], actions[:, None], carry)
+    def step(self, z: torch.Tensor, action: torch.Tensor, carry: Carry) -> tuple[MDNOutput, Carry]:
+        """One step for a batch: z (B, z), action (B,) or (B, A) -> outputs with leading dim (B,), new carry."""
+        out, carry = self.forward(z[:, None], action[:, None], carry)
         return MDNOutput(*(t.squeeze(1) for t in out)), carry
 
+    def _encode_action(self, actions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self.discrete_actions:
+            return F.one_hot(actions.long(), self.action_dim).to(dtype)
+        return actions.to(dtype)
+
+    def _heads(self, h: torch.Tensor) -> MDNOutput:
+        """h (..., H) -> MDNOutput with leading dims (...)."""
+        logit_pi, mu, raw_log_sigma = self.mdn(h).view(*h.shape[:-1], self.z_dim, 3, self.mixtures).unbind(-2)
+        reward, done_logit = self.reward_head(h).squeeze(-1), self.done_head(h).squeeze(-1)
+        return MDNOutput(logit_pi, mu, _bound_log_sigma(raw_log_sigma), reward, done_logit)
+
+    # ---- the mixture ----------------------------------------------------------------------
     @staticmethod
     def log_prob(out: MDNOutput, z_next: torch.Tensor) -> torch.Tensor:
-        """log p(z_next) summed over latent dims, by log-sum-exp over the K components: (...)."""
+        """log p(z_next | h), summed over latent dims: z_next (..., z) -> (...), e.g. (B, T).
+
+        Written out with log_softmax and logsumexp over the K components, which never
+        exponentiates a log density (the stable path the training loss uses). Arguments are not
+        validated, so a diverged model gives a NaN loss (which training reports) instead of raising.
+        """
         log_pi = F.log_softmax(out.logit_pi, dim=-1)
-        log_normal = Normal(out.mu, out.log_sigma.exp()).log_prob(z_next.unsqueeze(-1))
+        log_normal = Normal(out.mu, out.log_sigma.exp(), validate_args=False).log_prob(z_next.unsqueeze(-1))
         return torch.logsumexp(log_pi + log_normal, dim=-1).sum(-1)
 
     @staticmethod
     def mixture(out: MDNOutput) -> MixtureSameFamily:
-        """The same per-dimension mixtures as a torch.distributions object (batch shape (..., z))."""
+        """The per-dimension mixtures as a distribution with batch shape (..., z) and scalar events."""
         return MixtureSameFamily(Categorical(logits=out.logit_pi), Normal(out.mu, out.log_sigma.exp()))
 
     @staticmethod
     def sample(out: MDNOutput, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z_{t+1} at temperature tau: logits / tau and sigma * sqrt(tau); all randomness from ``generator``."""
+        """Draw z_{t+1} (..., z) from outputs with leading dims (...), at temperature tau.
+
+        tau sharpens or flattens the choice of component (pi / tau) and scales every component's
+        spread (sigma * sqrt(tau)). All randomness comes from ``generator`` (on the outputs'
+        device), so a seeded dream replays exactly.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         probs = F.softmax(out.logit_pi / temperature, dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        k = torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+        k = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+        k = k.view(*probs.shape[:-1], 1)
         mu = out.mu.gather(-1, k).squeeze(-1)
         sigma = out.log_sigma.gather(-1, k).squeeze(-1).exp() * math.sqrt(temperature)
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + sigma * noise
 
+    # ---- training -------------------------------------------------------------------------
     def losses(self, out: MDNOutput, z_next: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
                mask: torch.Tensor, done_weight: float = 10.0, reward_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """Masked losses over (B, T): padding (mask False) never enters any of them.
+        """Losses of a batch of sequences; padding (mask False) never enters any of them.
 
-        nll: -log p(z_{t+1}) per latent dim; reward: MSE; done: BCE with terminal steps
-        weighted by ``done_weight``; loss = nll + reward_weight * reward + done.
+        out from ``forward`` (leading dims (B, T)); z_next (B, T, z); reward, done, mask (B, T).
+        Every term is a mean over the unmasked steps:
+
+            nll         = -log p(z_{t+1} | h_t) / z_dim                        (per latent dim)
+            reward_loss = (r_hat_t - r_t)^2
+            done_loss   = BCE(done_logit_t, done_t), terminal steps weighted by done_weight
+            loss        = nll + reward_weight * reward_loss + done_loss
+
+        done_accuracy / done_precision (threshold p = 0.5; precision 0 when nothing is
+        predicted done) are detached metrics.
         """
         mask = mask.bool()
-        steps = mask.sum().clamp(min=1)
-        masked_mean = lambda x: torch.where(mask, x, torch.zeros_like(x)).sum() / steps  # noqa: E731
-        safe_z = torch.where(mask[..., None], z_next, torch.zeros_like(z_next))
-        nll = masked_mean(-self.log_prob(out, safe_z) / self.z_dim)
-        reward_loss = masked_mean((out.reward - torch.where(mask, reward, 0.0)) ** 2)
-        target = torch.where(mask, done.float(), 0.0)
-        pos_weight = torch.tensor(done_weight, device=target.device)
-        done_loss = masked_mean(F.binary_cross_entropy_with_logits(out.done_logit, target, pos_weight=pos_weight,
-                                                                   reduction="none"))
-        predicted = (out.done_logit > 0) & mask
-        actual = (target > 0.5) & mask
-        true_positive = (predicted & actual).sum()
+        # targets at padded steps may be anything (even NaN): replace them so that neither the
+        # values nor the gradients of the masked mean can see them
+        z_next = torch.where(mask[..., None], z_next, torch.zeros_like(z_next))
+        reward = torch.where(mask, reward, torch.zeros_like(reward))
+        done = torch.where(mask, done.to(out.done_logit.dtype), torch.zeros_like(out.done_logit))
+
+        nll = _masked_mean(-self.log_prob(out, z_next) / self.z_dim, mask)
+        reward_loss = _masked_mean(F.mse_loss(out.reward, reward, reduction="none"), mask)
+        pos_weight = torch.as_tensor(done_weight, dtype=done.dtype, device=done.device)
+        bce = F.binary_cross_entropy_with_logits(out.done_logit, done, pos_weight=pos_weight, reduction="none")
+        done_loss = _masked_mean(bce, mask)
         return {
             "loss": nll + reward_weight * reward_loss + done_loss,
-            "nll": nll.detach(),
-            "reward_loss": reward_loss.detach(),
-            "done_loss": done_loss.detach(),
-            "done_accuracy": ((predicted == actual) & mask).sum() / steps,
-            "done_precision": true_positive / predicted.sum().clamp(min=1),
-            "done_recall": true_positive / actual.sum().clamp(min=1),
+            "nll": nll,
+            "reward_loss": reward_loss,
+            "done_loss": done_loss,
+            **_done_metrics(out.done_logit.detach(), done > 0.5, mask),
         }
+
+
+def _bound_log_sigma(raw: torch.Tensor) -> torch.Tensor:
+    """Squash raw (-inf, inf) into (LOG_SIGMA_MIN, LOG_SIGMA_MAX) smoothly (gradients never vanish
+    abruptly as with a hard clamp); shifted so that raw = 0 gives log sigma = 0 (sigma = 1) at init."""
+    shift = math.log(-LOG_SIGMA_MIN / LOG_SIGMA_MAX)
+    return LOG_SIGMA_MIN + (LOG_SIGMA_MAX - LOG_SIGMA_MIN) * torch.sigmoid(raw + shift)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of values (B, T) over the True entries of mask (B, T); 0 when there are none."""
+    kept = torch.where(mask, values, torch.zeros_like(values))
+    return kept.sum() / mask.sum().clamp(min=1)
+
+
+def _done_metrics(done_logit: torch.Tensor, done: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Accuracy, precision and recall of "done" predicted at p > 0.5 (logit > 0), over unmasked steps."""
+    predicted, actual = (done_logit > 0) & mask, done & mask
+    true_positive = (predicted & actual).sum()
+    return {
+        "done_accuracy": ((predicted == actual) & mask).sum() / mask.sum().clamp(min=1),
+        "done_precision": true_positive / predicted.sum().clamp(min=1),
+        "done_recall": true_positive / actual.sum().clamp(min=1),
+    }

@@ -1,0 +1,77 @@
+"""Named pipeline presets: documented settings for a whole run, any field overridable.
+
+``doom-take-cover`` is sized for one 2-core machine and ~90 minutes; ``doom-take-cover-paper``
+holds the paper's settings (Ha & Schmidhuber 2018) for users with more hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass
+class PipelineSettings:
+    """Every setting of a pipeline run (collect -> V -> latent cache -> M -> C -> evaluation)."""
+
+    env: str = "VizdoomTakeCover-v1"
+    episodes: int = 300
+    """Random-policy rollouts to collect."""
+    policy: str = "held"
+    """Collection policy: random | held."""
+    collect_workers: int = 2
+    z_dim: int = 64
+    vae_epochs: int = 3
+    vae_batch: int = 100
+    vae_lr: float = 1e-3
+    hidden: int = 256
+    mixtures: int = 5
+    seq_len: int = 200
+    mdn_epochs: int = 30
+    mdn_batch: int = 32
+    mdn_lr: float = 1e-3
+    temperature: float = 1.15
+    dream_max_steps: int = 2100
+    """Dream episodes are cut here (the real env's 2100-step limit)."""
+    generations: int = 40
+    population: int = 64
+    rollouts: int = 16
+    eval_every: int = 10
+    eval_rollouts: int = 256
+    include_cell: bool = False
+    eval_episodes: int = 100
+    workers: int = 2
+    """Worker processes for real-env evaluation (and real-env training)."""
+    iterations: int = 1
+    """Iterative training rounds (1 = the paper's single pass on random data)."""
+    iteration_episodes: int = 100
+    """Episodes collected with the current agent in each later round."""
+    exploration: float = 0.1
+    """Probability of a random action when collecting with the agent."""
+    seed: int = 0
+
+
+PRESETS: dict[str, PipelineSettings] = {
+    # One CPU, ~90 min: fewer rollouts than the paper, a smaller M, a short CMA-ES run.
+    "doom-take-cover": PipelineSettings(),
+    # The paper's settings (REFERENCE.md section 1): 10,000 rollouts, M 512, seq 500, batch 100,
+    # V lr 1e-4, population 64 x 16 rollouts, re-evaluation on 1024 rollouts every 25 generations.
+    "doom-take-cover-paper": PipelineSettings(
+        episodes=10_000, collect_workers=64, vae_epochs=10, vae_lr=1e-4, hidden=512, seq_len=500,
+        mdn_epochs=20, mdn_batch=100, generations=300, eval_every=25, eval_rollouts=1024, include_cell=True,
+        workers=64,
+    ),
+    # A minutes-long smoke run of the whole pipeline (tests, first try on a new machine).
+    "doom-take-cover-tiny": PipelineSettings(
+        episodes=8, collect_workers=2, z_dim=16, vae_epochs=1, vae_batch=32, hidden=32, seq_len=50,
+        mdn_epochs=2, mdn_batch=8, dream_max_steps=100,
+        generations=2, population=8, rollouts=2, eval_every=1, eval_rollouts=8,
+        eval_episodes=2, workers=1, iteration_episodes=2,
+    ),
+}
+
+
+def resolve(preset: str, overrides: dict) -> PipelineSettings:
+    """The preset with every non-None override applied."""
+    base = PRESETS[preset]
+    names = {f.name for f in fields(PipelineSettings)}
+    return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})

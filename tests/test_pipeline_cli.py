@@ -1,0 +1,110 @@
+"""The command lines end to end on a tiny TakeCover run: train, evaluate, resume, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+TINY_CONTROLLER = ["--generations", 2, "--population", 4, "--rollouts", 2, "--eval-every", 1,
+                   "--eval-rollouts", 4, "--max-episode-steps", 50, "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data, run_dir = root / "data", root / "run"
+    ok(run("train.py", "collect", "--env", "VizdoomTakeCover-v1", "--episodes", 4, "--out", data,
+           "--policy", "held", "--no-progress"))
+    ok(run("train.py", "vae", "--data", data, "--run-dir", run_dir, "--z-dim", 8, "--epochs", 1,
+           "--batch-size", 32, "--lr", 1e-3, "--no-progress"))
+    ok(run("train.py", "mdnrnn", "--run-dir", run_dir, "--hidden", 16, "--epochs", 1, "--seq-len", 20,
+           "--batch-size", 8, "--no-progress"))
+    ok(run("train.py", "controller", "--run-dir", run_dir, "--algo", "cmaes", *TINY_CONTROLLER))
+    return run_dir
+
+
+def test_training_writes_the_run_directory(tiny_run):
+    for path in ["vae/model.safetensors", "vae/model.json", "mdnrnn/model.safetensors", "latents/latents.json",
+                 "controller/model.safetensors", "controller/model.json", "metrics.jsonl", "config_vae.json"]:
+        assert (tiny_run / path).exists(), path
+    info = json.loads((tiny_run / "controller/model.json").read_text())
+    assert info["env_id"] == "VizdoomTakeCover-v1" and info["algo"] == "cmaes"
+    stages = {json.loads(line)["stage"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()}
+    assert {"vae", "mdnrnn", "controller_cmaes_dream"} <= stages
+
+
+def test_eval_real_writes_every_episode(tiny_run, tmp_path):
+    out = tmp_path / "eval.json"
+    result = ok(run("eval.py", "--run-dir", tiny_run, "--episodes", 3, "--workers", 2, "--seed", 77,
+                    "--json", out))
+    data = json.loads(out.read_text())
+    assert data["env_id"] == "VizdoomTakeCover-v1" and data["where"] == "real"
+    assert data["seeds"] == [77, 78, 79] and len(data["returns"]) == len(data["lengths"]) == 3
+    assert data["mean"] == pytest.approx(sum(data["returns"]) / 3)
+    # TakeCover pays +1 per step survived: a return is the episode's length
+    assert data["returns"] == [float(n) for n in data["lengths"]]
+    assert "eval.py" in data["command"] and "--episodes 3" in data["command"]
+    assert f"{data['mean']:.1f} +- {data['std']:.1f}" in result.stdout
+
+
+def test_eval_dream_and_videos(tiny_run, tmp_path):
+    result = ok(run("eval.py", "--run-dir", tiny_run, "--episodes", 8, "--where", "dream",
+                    "--video", tmp_path / "videos", "--json", tmp_path / "dream.json"))
+    data = json.loads((tmp_path / "dream.json").read_text())
+    assert data["where"] == "dream" and len(data["returns"]) == 8
+    assert all(0 < n <= 50 for n in data["lengths"])  # the controller's dream limit applies
+    for name in ["real_episode.mp4", "dream_episode.mp4"]:
+        assert (tmp_path / "videos" / name).stat().st_size > 1000
+    assert "dream score" in result.stdout
+
+
+def test_npg_in_the_dream(tiny_run):
+    result = ok(run("train.py", "controller", "--run-dir", tiny_run, "--algo", "npg", "--npg-envs", 8,
+                    "--npg-horizon", 16, *TINY_CONTROLLER))
+    assert "C trained (npg, dream)" in result.stdout
+
+
+def test_cli_errors_are_one_line(tiny_run, tmp_path):
+    assert "train.py vae" in one_line_error(run("eval.py", "--run-dir", tmp_path, "--episodes", 1))
+    assert "train.py vae" in one_line_error(run("train.py", "controller", "--run-dir", tmp_path))
+    assert "rollout dataset" in one_line_error(run("train.py", "vae", "--data", tmp_path, "--run-dir", tmp_path))
+    mismatch = one_line_error(run("train.py", "vae", "--data", tiny_run.parent / "data", "--run-dir", tiny_run,
+                                  "--z-dim", 16, "--epochs", 2, "--no-progress"))
+    assert "z_dim" in mismatch
+
+
+def test_pipeline_runs_and_resumes(tmp_path):
+    run_dir = tmp_path / "pipe"
+    first = ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
+                   "--episodes", 4, "--no-progress"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["real_episodes"] == 2 and summary["real_frames_used"] > 0
+    assert set(summary["seconds_per_stage"]) == {"collect", "vae", "mdnrnn", "controller", "evaluate"}
+    assert "real score" in first.stdout
+    config = json.loads((run_dir / "pipeline_config.json").read_text())
+    assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
+    second = ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
+                    "--episodes", 4, "--no-progress"))
+    assert second.stdout.count("skipped") == 5
