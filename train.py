@@ -80,6 +80,24 @@ def run_controller(args: ControllerConfig) -> None:
           f"at generation {summary.get('generation')}; saved to {args.run_dir}/controller")
 
 
+@dataclass
+class Export:
+    """Export a trained agent (V, M, C, dream start latents) as a small directory eval.py loads."""
+
+    run_dir: Path
+    """Trained run directory."""
+    out: Path
+    """Where to write it, e.g. pretrained/doom-take-cover."""
+
+
+def run_export(args: Export) -> None:
+    from agents.agent import export_agent
+
+    files = export_agent(args.run_dir, args.out)
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"exported {len(files)} files ({size:.1f} MiB) to {args.out}")
+
+
 def _pipeline_args():
     """``train.py pipeline`` options: a preset name, a run dir, and an override for every setting."""
     import dataclasses
@@ -124,6 +142,7 @@ COMMANDS = {
     "mdnrnn": (MDNRNNConfig, run_mdnrnn),
     "controller": (ControllerConfig, run_controller),
     "pipeline": (Pipeline, run_pipeline_command),
+    "export": (Export, run_export),
 }
 
 

@@ -113,3 +113,42 @@ def load_agent(run_dir: Path, device: str | torch.device = "cpu") -> tuple[World
     mdnrnn, _ = load_mdnrnn(run_dir, device)
     controller, info = load_controller(run_dir, device)
     return WorldModelAgent(vae, mdnrnn, controller, info.get("include_cell", False)), info
+
+
+_AGENTS: dict[str, WorldModelAgent] = {}  # per worker process: load a run's agent once
+
+
+def agent_policy_factory(run_dir: str, exploration: float, space, rng: np.random.Generator) -> AgentPolicy:
+    """A collection policy (``envs.collect``'s factory signature) acting with a run's agent.
+
+    Picklable through ``functools.partial(agent_policy_factory, run_dir, exploration)``.
+    """
+    if run_dir not in _AGENTS:
+        torch.set_num_threads(1)  # one core per collection worker
+        _AGENTS[run_dir] = load_agent(Path(run_dir))[0]
+    return _AGENTS[run_dir].policy(exploration, rng)
+
+
+def export_agent(run_dir: Path, out: Path) -> list[Path]:
+    """Copy what ``eval.py`` needs (V, M, C weights and the dream's start latents) into ``out``.
+
+    No training state, no dataset: a few MB that load and evaluate right after install.
+    """
+    import shutil
+
+    from world_models.checkpoint import save_checkpoint
+    from world_models.latents import latent_dir, load_latent_cache
+
+    run_dir, out = Path(run_dir), Path(out)
+    written = []
+    for part in ("vae", "mdnrnn", CONTROLLER_DIR):
+        (out / part).mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            target = out / part / f"model{suffix}"
+            shutil.copyfile(run_dir / part / f"model{suffix}", target)
+            written.append(target)
+    latents = load_latent_cache(run_dir)
+    starts = latents.offsets[:-1]
+    save_checkpoint(latent_dir(out), {"mu": latents.mu[starts], "log_sigma": latents.log_sigma[starts]},
+                    {"kind": "dream start latents", "episodes": len(starts)}, name="start")
+    return [*written, latent_dir(out) / "start.safetensors"]

@@ -158,9 +158,16 @@ def _print_episode(seeds: list[int]):
 
 
 def load_start_latents(run_dir: Path, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents of the dataset's first frames, where dreams start (from the latent cache)."""
-    from world_models.latents import load_latent_cache
+    """Latents of the dataset's first frames, where dreams start.
 
+    From the run's latent cache, or from ``latents/start.safetensors`` in an exported agent.
+    """
+    from world_models.checkpoint import load_checkpoint
+    from world_models.latents import latent_dir, load_latent_cache
+
+    if (latent_dir(run_dir) / "start.safetensors").exists():
+        tensors, _ = load_checkpoint(latent_dir(run_dir), name="start", device=device)
+        return tensors["mu"], tensors["log_sigma"]
     latents = load_latent_cache(run_dir)
     starts = latents.offsets[:-1]
     return latents.mu[starts].to(device), latents.log_sigma[starts].to(device)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from agents.agent import save_controller
+from agents.agent import load_controller, save_controller
 from agents.controller import Controller, ControllerSpec
 from agents.evaluate import load_start_latents
 from agents.fitness import DreamFitness, RealFitness
@@ -33,6 +33,8 @@ from world_models.training import progress_bar
 
 @dataclass
 class ControllerConfig:
+    """Train C with CMA-ES or natural policy gradient, in the dream or the real env."""
+
     run_dir: Path
     """Run directory with trained V and M."""
     algo: Literal["cmaes", "npg"] = "cmaes"
@@ -65,6 +67,10 @@ class ControllerConfig:
     """NPG: steps per env per iteration."""
     max_kl: float = 0.01
     damping: float = 0.1
+    state_dir: str | None = None
+    """Subdirectory of the run for the CMA-ES search state (default cmaes_<where>)."""
+    warm_start: bool = False
+    """Start CMA-ES from the run's current controller (iterative training)."""
     seed: int = 0
     device: str = "auto"
     """auto | cpu | cuda (dream)."""
@@ -127,7 +133,8 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
         fitness = RealFitness(config.run_dir, info["env_id"], spec, config.rollouts, config.workers,
                               config.include_cell)
         eval_fitness = None
-    trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / f"cmaes_{config.where}")
+    x0 = load_controller(config.run_dir)[0].to_vector() if config.warm_start else None
+    trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or f"cmaes_{config.where}"), x0)
     bar = progress_bar("C (CMA-ES)", config.generations, enabled=config.progress)
 
     def log(record: dict) -> None:

@@ -80,6 +80,18 @@ def test_eval_dream_and_videos(tiny_run, tmp_path):
     assert "dream score" in result.stdout
 
 
+def test_exported_agent_evaluates(tiny_run, tmp_path):
+    out = tmp_path / "pretrained"
+    ok(run("train.py", "export", "--run-dir", tiny_run, "--out", out))
+    assert not list(out.rglob("train_state*"))  # weights only
+    real = ok(run("eval.py", "--run-dir", out, "--episodes", 1, "--json", tmp_path / "a.json"))
+    assert "real score over 1 episodes" in real.stdout
+    same = json.loads((tmp_path / "a.json").read_text())
+    ok(run("eval.py", "--run-dir", tiny_run, "--episodes", 1, "--json", tmp_path / "b.json"))
+    assert same["returns"] == json.loads((tmp_path / "b.json").read_text())["returns"]
+    assert "dream score" in ok(run("eval.py", "--run-dir", out, "--episodes", 4, "--where", "dream")).stdout
+
+
 def test_npg_in_the_dream(tiny_run):
     result = ok(run("train.py", "controller", "--run-dir", tiny_run, "--algo", "npg", "--npg-envs", 8,
                     "--npg-horizon", 16, *TINY_CONTROLLER))
@@ -97,14 +109,17 @@ def test_cli_errors_are_one_line(tiny_run, tmp_path):
 
 def test_pipeline_runs_and_resumes(tmp_path):
     run_dir = tmp_path / "pipe"
-    first = ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                   "--episodes", 4, "--no-progress"))
+    args = ["--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4, "--iterations", 2,
+            "--iteration-episodes", 2, "--no-progress"]
+    first = ok(run("train.py", "pipeline", *args))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["real_episodes"] == 2 and summary["real_frames_used"] > 0
-    assert set(summary["seconds_per_stage"]) == {"collect", "vae", "mdnrnn", "controller", "evaluate"}
+    assert list(summary["seconds_per_stage"]) == ["collect", "vae", "mdnrnn", "controller", "evaluate", "collect_2",
+                                                  "mdnrnn_2", "controller_2", "evaluate_2"]
+    assert len(summary["real_score_per_iteration"]) == 2
+    assert len(list((run_dir / "data").glob("ep_*.npz.zst"))) == 6  # 4 random + 2 with the agent
     assert "real score" in first.stdout
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
-    second = ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                    "--episodes", 4, "--no-progress"))
-    assert second.stdout.count("skipped") == 5
+    second = ok(run("train.py", "pipeline", *args))
+    assert second.stdout.count("skipped") == 9

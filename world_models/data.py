@@ -19,17 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.episodes import load_episode, require_episodes
+from envs.episodes import load_episode, require_episodes, seed_of
 
 
 def split_episodes(files: Sequence[Path], val_fraction: float = 0.1) -> tuple[list[Path], list[Path]]:
-    """Hold out the last ``val_fraction`` of episodes (at least one when there are two or more)."""
+    """Hold out every (1/val_fraction)-th episode by seed (at least one when there are two or more).
+
+    Choosing by seed, not by position, keeps the split stable as a dataset grows: episodes
+    added later (iterative training) never push earlier training episodes into validation.
+    """
     files = list(files)
-    n_val = int(round(len(files) * val_fraction))
-    if len(files) >= 2:
-        n_val = max(1, n_val)
-    n_val = min(n_val, len(files) - 1)
-    return files[: len(files) - n_val], files[len(files) - n_val :]
+    if val_fraction <= 0 or len(files) < 2:
+        return files, []
+    period = max(2, round(1 / val_fraction))
+    val = [path for path in files if seed_of(path) % period == period - 1]
+    if not val or len(val) == len(files):
+        val = files[-1:]
+    return [path for path in files if path not in val], val
 
 
 def dataset_files(data_dir: Path, val_fraction: float = 0.1) -> tuple[list[Path], list[Path]]:

@@ -27,6 +27,8 @@ MDNRNN_DIR = "mdnrnn"
 
 @dataclass
 class MDNRNNConfig:
+    """Train M, the MDN-RNN, on the latent cache of the run's V (resumes from its last checkpoint)."""
+
     run_dir: Path
     """Run directory holding the trained V (from `train.py vae`)."""
     data: Path | None = None

@@ -26,6 +26,8 @@ VAE_DIR = "vae"
 
 @dataclass
 class VAEConfig:
+    """Train V, the ConvVAE, on a rollout dataset (resumes from the run's last checkpoint)."""
+
     data: Path
     """Rollout dataset directory (from `train.py collect`)."""
     run_dir: Path
