@@ -99,7 +99,7 @@ def atomic_write_bytes(path: Path, write) -> None:
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    text = json.dumps(data, indent=2).encode()  # insertion order: stages, configs read top-down
     atomic_write_bytes(path, lambda file: file.write(text))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from agents.cmaes import STATE_NAME, CMAESConfig, CMAESTrainer, load_controller
 from agents.controller import ControllerSpec
 from envs.errors import ConfigMismatchError, CorruptFileError
+from world_models.checkpoint import load_checkpoint, save_checkpoint
 
 SPEC = ControllerSpec(feature_dim=3, action_dim=2, discrete=False)  # 8 parameters
 TPA_SPEC = ControllerSpec(feature_dim=299, action_dim=1, discrete=False)  # 300: pycma switches to TPA
@@ -128,14 +128,13 @@ def test_truncated_state_is_corrupt(tmp_path: Path) -> None:
         CMAESTrainer(SPEC, config, tmp_path)
 
 
-def test_torn_state_pair_is_corrupt(tmp_path: Path) -> None:
+def test_state_whose_tensors_and_config_disagree_is_corrupt(tmp_path: Path) -> None:
     config = CMAESConfig(population=8, generations=1, rollouts=4, eval_rollouts=4)
     CMAESTrainer(SPEC, config, tmp_path).train(ToyFitness(SPEC))
-    path = tmp_path / f"{STATE_NAME}.json"
-    state = json.loads(path.read_text())
-    state["generation"] = 2  # as if the JSON were from a later generation than the tensors
-    path.write_text(json.dumps(state))
-    with pytest.raises(CorruptFileError):
+    tensors, state = load_checkpoint(tmp_path, name=STATE_NAME)
+    state["generation"] = 2  # as if the config were from a later generation than the tensors
+    save_checkpoint(tmp_path, tensors, state, name=STATE_NAME)
+    with pytest.raises(CorruptFileError, match="different generations"):
         CMAESTrainer(SPEC, config, tmp_path)
 
 

@@ -55,7 +55,7 @@ class DreamVecEnv(VectorEnv):
     Gymnasium ``step`` / ``reset`` wrap them with numpy conversion.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"]}
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"], "render_fps": 35}
 
     def __init__(self, mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma: torch.Tensor, num_envs: int,
                  config: DreamConfig | None = None, vae=None, seed: int | None = None,
@@ -167,7 +167,7 @@ class DreamVecEnv(VectorEnv):
 class SingleDreamEnv(gym.Env):
     """A single dream as a plain ``gymnasium.Env`` (for ``check_env`` and one-off use)."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 35}
 
     def __init__(self, dream: DreamVecEnv) -> None:
         assert dream.num_envs == 1
