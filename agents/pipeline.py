@@ -20,6 +20,7 @@ from pathlib import Path
 from agents.agent import agent_policy_factory
 from agents.evaluate import evaluate_real
 from agents.presets import PipelineSettings
+from agents.report import learning_curve
 from agents.train_controller import ControllerConfig, train_controller
 from envs.collect import collect
 from envs.episodes import atomic_write_json, iter_episodes
@@ -79,6 +80,7 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
         result = _iterate(iteration, s, run_dir, data, stages, seeds, common, progress)
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
+    learning_curve(run_dir)
     return summary
 
 

@@ -119,6 +119,7 @@ def test_pipeline_runs_and_resumes(tmp_path):
     assert len(summary["real_score_per_iteration"]) == 2
     assert len(list((run_dir / "data").glob("ep_*.npz.zst"))) == 6  # 4 random + 2 with the agent
     assert "real score" in first.stdout
+    assert (run_dir / "images" / "learning_curve.png").stat().st_size > 1000
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
     second = ok(run("train.py", "pipeline", *args))
