@@ -70,7 +70,7 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
         batch_size=s.mdn_batch, epochs=s.mdn_epochs, lr=s.mdn_lr, seed=s.seed, **common)))
     stages.run("controller", lambda: train_controller(ControllerConfig(
         run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=s.generations,
-        max_episode_steps=s.dream_max_steps,
+        max_episode_steps=s.dream_max_steps, done_mode=s.done_mode,
         population=s.population, rollouts=s.rollouts, eval_every=s.eval_every, eval_rollouts=s.eval_rollouts,
         include_cell=s.include_cell, seed=s.seed, **common)))
     seeds = list(range(1_000_000, 1_000_000 + s.eval_episodes))  # never a collection seed
@@ -98,7 +98,7 @@ def _iterate(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages: Sta
         batch_size=s.mdn_batch, epochs=s.mdn_epochs * k, lr=s.mdn_lr, seed=s.seed, **common)))
     stages.run(f"controller_{k}", lambda: train_controller(ControllerConfig(
         run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=s.generations,
-        max_episode_steps=s.dream_max_steps, population=s.population, rollouts=s.rollouts,
+        max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population, rollouts=s.rollouts,
         eval_every=s.eval_every, eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
         state_dir=f"cmaes_dream_{k}", warm_start=True, **common)))
     return stages.run(f"evaluate_{k}", lambda: evaluate_real(run_dir, s.env, seeds, s.workers),

@@ -30,6 +30,9 @@ class PipelineSettings:
     mdn_batch: int = 32
     mdn_lr: float = 1e-3
     temperature: float = 1.15
+    done_mode: str = "sample"
+    """How a dream dies from M's done head: sample (Bernoulli p, measured to match the real random-policy
+    survival best) | threshold (p > 0.5, the paper's rule)."""
     dream_max_steps: int = 2100
     """Dream episodes are cut here (the real env's 2100-step limit)."""
     generations: int = 40
@@ -57,8 +60,8 @@ PRESETS: dict[str, PipelineSettings] = {
     # V lr 1e-4, population 64 x 16 rollouts, re-evaluation on 1024 rollouts every 25 generations.
     "doom-take-cover-paper": PipelineSettings(
         episodes=10_000, collect_workers=64, vae_epochs=10, vae_lr=1e-4, hidden=512, seq_len=500,
-        mdn_epochs=20, mdn_batch=100, generations=300, eval_every=25, eval_rollouts=1024, include_cell=True,
-        workers=64,
+        mdn_epochs=20, mdn_batch=100, done_mode="threshold", generations=300, eval_every=25, eval_rollouts=1024,
+        include_cell=True, workers=64,
     ),
     # A minutes-long smoke run of the whole pipeline (tests, first try on a new machine).
     "doom-take-cover-tiny": PipelineSettings(
