@@ -60,6 +60,8 @@ class ControllerConfig:
     include_cell: bool = False
     """Feed the LSTM cell c to C as well as h."""
     done_mode: Literal["threshold", "sample"] = "threshold"
+    """How a dream ends from M's done probability p: threshold (p > done_threshold, paper) or sample."""
+    done_threshold: float = 0.5
     max_episode_steps: int = 2100
     npg_envs: int = 256
     """NPG: parallel envs per batch (dream) — real uses --workers envs."""
@@ -89,7 +91,8 @@ def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpe
 
 def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
     reward_mode = "survival" if "TakeCover" in mdn_config["env_id"] else "model"
-    return DreamConfig(temperature=config.temperature, done_mode=config.done_mode, reward_mode=reward_mode,
+    return DreamConfig(temperature=config.temperature, done_mode=config.done_mode,
+                       done_threshold=config.done_threshold, reward_mode=reward_mode,
                        max_episode_steps=config.max_episode_steps, include_cell=config.include_cell)
 
 
