@@ -30,12 +30,11 @@ class PipelineSettings:
     mdn_batch: int = 32
     mdn_lr: float = 1e-3
     temperature: float = 1.15
-    done_mode: str = "sample"
-    """How a dream dies from M's done head: sample (Bernoulli p, measured to match the real random-policy
-    survival best) | threshold (p > 0.5, the paper's rule)."""
+    done_mode: str = "threshold"
+    """How a dream dies from M's done head: threshold (p > 0.5, the paper's rule) | sample (Bernoulli p)."""
     dream_max_steps: int = 2100
     """Dream episodes are cut here (the real env's 2100-step limit)."""
-    generations: int = 40
+    generations: int = 20
     population: int = 64
     rollouts: int = 16
     eval_every: int = 10
@@ -44,8 +43,9 @@ class PipelineSettings:
     eval_episodes: int = 100
     workers: int = 2
     """Worker processes for real-env evaluation (and real-env training)."""
-    iterations: int = 1
-    """Iterative training rounds (1 = the paper's single pass on random data)."""
+    iterations: int = 5
+    """Iterative training rounds (1 = the paper's single pass on random data). Each later round
+    collects with the agent, so M learns what the controller's favourite moves really lead to."""
     iteration_episodes: int = 100
     """Episodes collected with the current agent in each later round."""
     exploration: float = 0.1
@@ -54,21 +54,22 @@ class PipelineSettings:
 
 
 PRESETS: dict[str, PipelineSettings] = {
-    # One CPU, ~90 min: fewer rollouts than the paper, a smaller M, a short CMA-ES run.
+    # One CPU, ~90 min: fewer rollouts than the paper, a smaller M, short CMA-ES runs, and
+    # iterative training to close the exploits a random-data M leaves open (wall hugging).
     "doom-take-cover": PipelineSettings(),
     # The paper's settings (REFERENCE.md section 1): 10,000 rollouts, M 512, seq 500, batch 100,
     # V lr 1e-4, population 64 x 16 rollouts, re-evaluation on 1024 rollouts every 25 generations.
     "doom-take-cover-paper": PipelineSettings(
         episodes=10_000, collect_workers=64, vae_epochs=10, vae_lr=1e-4, hidden=512, seq_len=500,
         mdn_epochs=20, mdn_batch=100, done_mode="threshold", generations=300, eval_every=25, eval_rollouts=1024,
-        include_cell=True, workers=64,
+        include_cell=True, workers=64, iterations=1,
     ),
     # A minutes-long smoke run of the whole pipeline (tests, first try on a new machine).
     "doom-take-cover-tiny": PipelineSettings(
         episodes=8, collect_workers=2, z_dim=16, vae_epochs=1, vae_batch=32, hidden=32, seq_len=50,
         mdn_epochs=2, mdn_batch=8, dream_max_steps=100,
         generations=2, population=8, rollouts=2, eval_every=1, eval_rollouts=8,
-        eval_episodes=2, workers=1, iteration_episodes=2,
+        eval_episodes=2, workers=1, iterations=1, iteration_episodes=2,
     ),
 }
 
