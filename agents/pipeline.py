@@ -87,7 +87,7 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
 def _iterate(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages: Stages, seeds: list[int],
              common: dict, progress: bool) -> dict:
     """Iterative training round k: collect with the current agent (plus exploration noise),
-    retrain M on all the data, retrain C in the new dream from the current C, evaluate."""
+    retrain M on all the data, retrain C in the new dream (afresh, or from the current C), evaluate."""
     factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
     total = s.episodes + (k - 1) * s.iteration_episodes
     stages.run(f"collect_{k}", lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed,
@@ -100,7 +100,7 @@ def _iterate(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages: Sta
         run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=s.generations,
         max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population, rollouts=s.rollouts,
         eval_every=s.eval_every, eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
-        state_dir=f"cmaes_dream_{k}", warm_start=True, **common)))
+        state_dir=f"cmaes_dream_{k}", warm_start=s.warm_start, **common)))
     return stages.run(f"evaluate_{k}", lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
                       lambda r: r.to_dict())
 

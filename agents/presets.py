@@ -34,7 +34,7 @@ class PipelineSettings:
     """How a dream dies from M's done head: threshold (p > 0.5, the paper's rule) | sample (Bernoulli p)."""
     dream_max_steps: int = 2100
     """Dream episodes are cut here (the real env's 2100-step limit)."""
-    generations: int = 20
+    generations: int = 30
     population: int = 64
     rollouts: int = 16
     eval_every: int = 10
@@ -50,6 +50,9 @@ class PipelineSettings:
     """Episodes collected with the current agent in each later round."""
     exploration: float = 0.1
     """Probability of a random action when collecting with the agent."""
+    warm_start: bool = False
+    """Start each later round's CMA-ES from the current controller. Off by default: a warm start
+    (sigma0 0.1) stays in the previous round's exploit even after M has learned that it kills."""
     seed: int = 0
 
 

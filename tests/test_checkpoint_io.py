@@ -24,14 +24,7 @@ from world_models.checkpoint import (
 from world_models.mdnrnn import MDNRNN
 from world_models.vae import ConvVAE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 CPU cores shared with other jobs: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def _vae(seed: int) -> ConvVAE:

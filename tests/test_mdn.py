@@ -12,14 +12,7 @@ from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 from world_models.mdnrnn import LOG_SIGMA_MAX, LOG_SIGMA_MIN, MDNRNN, MDNOutput
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 CPU cores shared with other jobs: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def _random_output(shape: tuple[int, ...], z_dim: int, k: int, g: torch.Generator, dtype=torch.float64,

@@ -8,14 +8,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from world_models.vae import ConvVAE, frames_to_tensor
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 CPU cores shared with other jobs: one intra-op thread is several times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def _model(z_dim: int, seed: int = 0) -> ConvVAE:
