@@ -47,7 +47,7 @@ def learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
                       label=f"real env: mean +- std ({real[-1][0]:.0f})")
     axis.axhline(750, ls="--", color="grey", lw=0.8, label="solved (750)")
     axis.set(xlabel="CMA-ES generation", ylabel="steps survived", title=run_dir.name)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="best")
     figure.tight_layout()
     out = Path(out) if out else run_dir / "images" / "learning_curve.png"
     out.parent.mkdir(parents=True, exist_ok=True)
