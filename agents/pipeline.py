@@ -1,6 +1,11 @@
 """The whole World Models recipe as one resumable command.
 
-    collect -> V -> latent cache + M -> C in the dream -> evaluation in the real env
+    collect -> V -> [latent cache + M -> C in the dream -> validation] x rounds -> evaluation
+
+Round 1 trains on random rollouts; each later round adds the current agent's own episodes
+(iterative training). After every round the agent plays ``val_episodes`` real episodes on the
+validation seeds (500,000+): those are the scores to compare settings by. The final score is
+``eval_episodes`` real episodes on the evaluation seeds (1,000,000+), played once at the end.
 
 Each stage records its wall-clock in ``RUN/stages.json`` when it finishes and is skipped when
 the run directory already holds its finished result, so a killed pipeline resumes where it
@@ -28,6 +33,8 @@ from world_models.train_mdnrnn import MDNRNNConfig, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
+VALIDATION_SEED = 500_000  # per-round real scores, the ones to look at when choosing settings
+EVAL_SEED = 1_000_000  # the final evaluation: never a collection or validation seed
 
 
 class Stages:
@@ -65,44 +72,50 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     stages.run("vae", lambda: train_vae(VAEConfig(
         data=data, run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs, batch_size=s.vae_batch, lr=s.vae_lr,
         seed=s.seed, **common)))
-    stages.run("mdnrnn", lambda: train_mdnrnn(MDNRNNConfig(
-        run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
-        batch_size=s.mdn_batch, epochs=s.mdn_epochs, lr=s.mdn_lr, seed=s.seed, **common)))
-    stages.run("controller", lambda: train_controller(ControllerConfig(
-        run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=s.generations,
-        max_episode_steps=s.dream_max_steps, done_mode=s.done_mode,
-        population=s.population, rollouts=s.rollouts, eval_every=s.eval_every, eval_rollouts=s.eval_rollouts,
-        include_cell=s.include_cell, seed=s.seed, **common)))
-    seeds = list(range(1_000_000, 1_000_000 + s.eval_episodes))  # never a collection seed
-    result = stages.run("evaluate", lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
+    for k in range(1, s.iterations + 1):
+        _train_round(k, s, run_dir, data, stages, common, progress)
+    seeds = list(range(EVAL_SEED, EVAL_SEED + s.eval_episodes))
+    result = stages.run(_name("evaluate", s.iterations), lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
                         lambda r: r.to_dict())
-    for iteration in range(2, s.iterations + 1):
-        result = _iterate(iteration, s, run_dir, data, stages, seeds, common, progress)
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
     learning_curve(run_dir)
     return summary
 
 
-def _iterate(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages: Stages, seeds: list[int],
-             common: dict, progress: bool) -> dict:
-    """Iterative training round k: collect with the current agent (plus exploration noise),
-    retrain M on all the data, retrain C in the new dream (afresh, or from the current C), evaluate."""
-    factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
-    total = s.episodes + (k - 1) * s.iteration_episodes
-    stages.run(f"collect_{k}", lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed,
-                                               policy="agent", policy_factory=factory, progress=progress),
-               lambda r: dataclasses.asdict(r))
-    stages.run(f"mdnrnn_{k}", lambda: train_mdnrnn(MDNRNNConfig(
+def _name(stage: str, k: int) -> str:
+    """Stage names of round k: ``mdnrnn``, ``controller``, ... in round 1, ``mdnrnn_2``, ... later."""
+    return stage if k == 1 else f"{stage}_{k}"
+
+
+def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages: Stages, common: dict,
+                 progress: bool) -> None:
+    """Training round k. Round 1 learns M and C from the random rollouts; a later round first
+    collects with the current agent (plus exploration noise), so that M sees what C's favourite
+    moves really lead to, continues M on all the data and trains C afresh (or from the current C)
+    in the new dream. Every round ends with a real-env score on the validation seeds."""
+    if k > 1:
+        factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
+        total = s.episodes + (k - 1) * s.iteration_episodes
+        stages.run(f"collect_{k}", lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed,
+                                                   policy="agent", policy_factory=factory, progress=progress),
+                   lambda r: dataclasses.asdict(r))
+    stages.run(_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
         run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
-        batch_size=s.mdn_batch, epochs=s.mdn_epochs * k, lr=s.mdn_lr, seed=s.seed, **common)))
-    stages.run(f"controller_{k}", lambda: train_controller(ControllerConfig(
-        run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=s.generations,
-        max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population, rollouts=s.rollouts,
-        eval_every=s.eval_every, eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
-        state_dir=f"cmaes_dream_{k}", warm_start=s.warm_start, **common)))
-    return stages.run(f"evaluate_{k}", lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
-                      lambda r: r.to_dict())
+        batch_size=s.mdn_batch, epochs=s.mdn_epochs + (k - 1) * s.round_mdn_epochs, lr=s.mdn_lr, seed=s.seed,
+        **common)))
+    last = k == s.iterations
+    generations = s.first_round_generations if k == 1 and not last else s.generations
+    stages.run(_name("controller", k), lambda: train_controller(ControllerConfig(
+        run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature,
+        generations=generations + (s.final_generations if last else 0), max_episode_steps=s.dream_max_steps,
+        done_mode=s.done_mode, population=s.population, rollouts=s.rollouts, eval_every=s.eval_every,
+        eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
+        state_dir=_name("cmaes_dream", k), warm_start=s.warm_start and k > 1, **common)))
+    if s.val_episodes:
+        seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + s.val_episodes))
+        stages.run(_name("validate", k), lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
+                   lambda r: r.to_dict())
 
 
 def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:
@@ -110,9 +123,10 @@ def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:
     return {
         "command": "python train.py " + shlex.join(sys.argv[1:]),
         "dream_score": stages.done[_last(stages, "controller")]["summary"].get("fitness"),
-        "real_score_per_iteration": [stages.done[name]["summary"]["mean"] for name in stages.done
-                                     if name.startswith("evaluate")],
+        "validation_score_per_round": [stage["summary"]["mean"] for name, stage in stages.done.items()
+                                       if name.startswith("validate")],
         "real_mean": result["mean"], "real_std": result["std"], "real_episodes": result["episodes"],
+        "real_seeds": [result["seeds"][0], result["seeds"][-1]],
         "real_frames_used": real_frames,
         "seconds_per_stage": {name: stage["seconds"] for name, stage in stages.done.items()},
         "seconds_total": round(sum(stage["seconds"] for stage in stages.done.values()), 1),
@@ -125,11 +139,12 @@ def _last(stages: Stages, prefix: str) -> str:
 
 def summary_lines(summary: dict) -> list[str]:
     stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in summary["seconds_per_stage"].items())
+    first, last = summary["real_seeds"]
     return [
         f"dream score {summary['dream_score']:.1f}; real score {summary['real_mean']:.1f} +- "
-        f"{summary['real_std']:.1f} over {summary['real_episodes']} episodes",
+        f"{summary['real_std']:.1f} over {summary['real_episodes']} episodes (seeds {first}-{last})",
         f"real frames used for training: {summary['real_frames_used']:,}",
-        *([f"real score per iteration: {summary['real_score_per_iteration']}"]
-          if len(summary["real_score_per_iteration"]) > 1 else []),
+        *([f"real score per round (validation seeds): {[round(x, 1) for x in summary['validation_score_per_round']]}"]
+          if summary["validation_score_per_round"] else []),
         f"wall-clock: {stages} (total {summary['seconds_total'] / 60:.1f} min)",
     ]

@@ -41,16 +41,27 @@ class PipelineSettings:
     eval_rollouts: int = 256
     include_cell: bool = False
     eval_episodes: int = 100
+    """Real episodes of the final evaluation (seeds 1,000,000+)."""
+    val_episodes: int = 20
+    """Real episodes after every round on the validation seeds (500,000+); 0 skips them."""
     workers: int = 2
     """Worker processes for real-env evaluation (and real-env training)."""
-    iterations: int = 3
+    iterations: int = 5
     """Iterative training rounds (1 = the paper's single pass on random data). Each later round
     collects with the agent, so M learns what the controller's favourite moves really lead to.
-    A round costs ~20 min on 2 cores (CMA-ES afresh): 3 rounds keep the pipeline near 90 min."""
+    A later round costs ~13-15 min on 2 cores (CMA-ES afresh, M +30 epochs)."""
     iteration_episodes: int = 100
     """Episodes collected with the current agent in each later round."""
     exploration: float = 0.1
     """Probability of a random action when collecting with the agent."""
+    round_mdn_epochs: int = 30
+    """Epochs M trains on all the data in each later round (continuing the previous round's M)."""
+    first_round_generations: int = 10
+    """CMA-ES generations in round 1 when there are later rounds. Round 1's dream (M on random
+    data only) is long and exploitable, so its generations cost the most and its controller
+    mostly serves to show M its exploit; later rounds use ``generations``."""
+    final_generations: int = 0
+    """Extra CMA-ES generations in the last round (the same search, run longer)."""
     warm_start: bool = False
     """Start each later round's CMA-ES from the current controller. Off by default: a warm start
     (sigma0 0.1) stays in the previous round's exploit even after M has learned that it kills."""
@@ -72,8 +83,8 @@ PRESETS: dict[str, PipelineSettings] = {
     "doom-take-cover-tiny": PipelineSettings(
         episodes=8, collect_workers=2, z_dim=16, vae_epochs=1, vae_batch=32, hidden=32, seq_len=50,
         mdn_epochs=2, mdn_batch=8, dream_max_steps=100,
-        generations=2, population=8, rollouts=2, eval_every=1, eval_rollouts=8,
-        eval_episodes=2, workers=1, iterations=1, iteration_episodes=2,
+        generations=2, first_round_generations=2, population=8, rollouts=2, eval_every=1, eval_rollouts=8,
+        eval_episodes=2, val_episodes=1, workers=1, iterations=1, iteration_episodes=2,
     ),
 }
 

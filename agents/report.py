@@ -1,5 +1,5 @@
 """Figures of a finished run: the learning curve of a pipeline (dream fitness per CMA-ES
-generation, real-env score after each training round)."""
+generation, real-env score on the validation seeds after each training round)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from world_models.runlog import read_metrics
 def learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
     """Plot ``RUN/images/learning_curve.png`` (or ``out``); None when the run has no CMA-ES records.
 
-    Generations of later training rounds continue the x axis; the real score of each round
-    (``evaluate``, ``evaluate_2``, ... in ``stages.json``) is drawn at the generation it followed.
+    Generations of later training rounds continue the x axis; the real score of each round on the
+    validation seeds (``validate``, ``validate_2``, ... in ``stages.json``) is drawn at the
+    generation it followed.
     """
     import matplotlib
 
@@ -44,7 +45,7 @@ def learning_curve(run_dir: Path, out: Path | None = None) -> Path | None:
     if real:
         ends = rounds_end[: len(real)]
         axis.errorbar(ends, [m for m, _ in real], yerr=[s for _, s in real], fmt="s", color="black", capsize=4,
-                      label=f"real env: mean +- std ({real[-1][0]:.0f})")
+                      label=f"real env, validation seeds: mean +- std ({real[-1][0]:.0f})")
     axis.axhline(750, ls="--", color="grey", lw=0.8, label="solved (750)")
     axis.set(xlabel="CMA-ES generation", ylabel="steps survived", title=run_dir.name)
     axis.legend(fontsize=8, loc="best")
@@ -64,4 +65,4 @@ def _real_scores(run_dir: Path) -> list[tuple[float, float]]:
         return []
     stages = json.loads(path.read_text())
     return [(stage["summary"]["mean"], stage["summary"]["std"]) for name, stage in stages.items()
-            if name.startswith("evaluate")]
+            if name.startswith("validate")]

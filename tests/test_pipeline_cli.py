@@ -110,17 +110,25 @@ def test_cli_errors_are_one_line(tiny_run, tmp_path):
 def test_pipeline_runs_and_resumes(tmp_path):
     run_dir = tmp_path / "pipe"
     args = ["--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4, "--iterations", 2,
-            "--iteration-episodes", 2, "--no-progress"]
+            "--iteration-episodes", 2, "--round-mdn-epochs", 1, "--first-round-generations", 1,
+            "--final-generations", 1, "--no-progress"]
     first = ok(run("train.py", "pipeline", *args))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["real_episodes"] == 2 and summary["real_frames_used"] > 0
-    assert list(summary["seconds_per_stage"]) == ["collect", "vae", "mdnrnn", "controller", "evaluate", "collect_2",
-                                                  "mdnrnn_2", "controller_2", "evaluate_2"]
-    assert len(summary["real_score_per_iteration"]) == 2
+    assert list(summary["seconds_per_stage"]) == ["collect", "vae", "mdnrnn", "controller", "validate", "collect_2",
+                                                  "mdnrnn_2", "controller_2", "validate_2", "evaluate_2"]
+    assert len(summary["validation_score_per_round"]) == 2
+    assert summary["real_seeds"] == [1_000_000, 1_000_001]  # the final score, apart from validation
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["validate_2"]["summary"]["seeds"] == [500_000]
+    assert stages["mdnrnn_2"]["summary"]["epoch"] == 2 + 1  # M continues for --round-mdn-epochs
+    population = 8  # CMA-ES ran 1 generation in round 1, then 2 + 1 (--final-generations) in the last
+    assert [stages[name]["summary"]["evaluations"] for name in ("controller", "controller_2")] == [
+        population * 1, population * (2 + 1)]
     assert len(list((run_dir / "data").glob("ep_*.npz.zst"))) == 6  # 4 random + 2 with the agent
     assert "real score" in first.stdout
     assert (run_dir / "images" / "learning_curve.png").stat().st_size > 1000
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
     second = ok(run("train.py", "pipeline", *args))
-    assert second.stdout.count("skipped") == 9
+    assert second.stdout.count("skipped") == 10

@@ -20,7 +20,7 @@ def write_run(run_dir: Path, rounds: int) -> None:
                 record["eval_best"] = 90.0 * generation
             lines.append(json.dumps(record))
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    names = ["evaluate"] + [f"evaluate_{k}" for k in range(2, rounds + 1)]
+    names = ["validate"] + [f"validate_{k}" for k in range(2, rounds + 1)]
     stages = {name: {"seconds": 1.0, "summary": {"mean": 300.0 + k, "std": 10.0}} for k, name in enumerate(names)}
     (run_dir / "stages.json").write_text(json.dumps(stages))
 
