@@ -74,9 +74,7 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
         seed=s.seed, **common)))
     for k in range(1, s.iterations + 1):
         _train_round(k, s, run_dir, data, stages, common, progress)
-    seeds = list(range(EVAL_SEED, EVAL_SEED + s.eval_episodes))
-    result = stages.run(_name("evaluate", s.iterations), lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
-                        lambda r: r.to_dict())
+    result = _play_real(stages, _name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes)
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
     learning_curve(run_dir)
@@ -97,7 +95,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
         total = s.episodes + (k - 1) * s.iteration_episodes
-        stages.run(f"collect_{k}", lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed,
+        stages.run(_name("collect", k), lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed,
                                                    policy="agent", policy_factory=factory, progress=progress),
                    lambda r: dataclasses.asdict(r))
     stages.run(_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
@@ -113,9 +111,14 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
         state_dir=_name("cmaes_dream", k), warm_start=s.warm_start and k > 1, **common)))
     if s.val_episodes:
-        seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + s.val_episodes))
-        stages.run(_name("validate", k), lambda: evaluate_real(run_dir, s.env, seeds, s.workers),
-                   lambda r: r.to_dict())
+        _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes)
+
+
+def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, first_seed: int,
+               episodes: int) -> dict:
+    """A stage of ``episodes`` real-env episodes with the current agent, seeds ``first_seed``+."""
+    seeds = list(range(first_seed, first_seed + episodes))
+    return stages.run(name, lambda: evaluate_real(run_dir, s.env, seeds, s.workers), lambda r: r.to_dict())
 
 
 def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:

@@ -49,7 +49,8 @@ class PipelineSettings:
     iterations: int = 5
     """Iterative training rounds (1 = the paper's single pass on random data). Each later round
     collects with the agent, so M learns what the controller's favourite moves really lead to.
-    A later round costs ~13-15 min on 2 cores (CMA-ES afresh, M +30 epochs)."""
+    A later round costs ~7-30 min on 2 cores, mostly CMA-ES in the dream, whose cost is the dream's
+    length (an exploited dream runs to the 2100-step cap)."""
     iteration_episodes: int = 100
     """Episodes collected with the current agent in each later round."""
     exploration: float = 0.1
