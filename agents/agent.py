@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from agents.controller import Controller, ControllerSpec
+from envs.episodes import atomic_write_bytes
 from world_models.checkpoint import load_checkpoint, load_module_state, module_state, save_checkpoint
 from world_models.dream import controller_features
 from world_models.mdnrnn import MDNRNN
@@ -134,21 +135,26 @@ def export_agent(run_dir: Path, out: Path) -> list[Path]:
 
     No training state, no dataset: a few MB that load and evaluate right after install.
     """
-    import shutil
-
-    from world_models.checkpoint import save_checkpoint
     from world_models.latents import latent_dir, load_latent_cache
 
     run_dir, out = Path(run_dir), Path(out)
-    written = []
-    for part in ("vae", "mdnrnn", CONTROLLER_DIR):
-        (out / part).mkdir(parents=True, exist_ok=True)
-        for suffix in (".safetensors", ".json"):
-            target = out / part / f"model{suffix}"
-            shutil.copyfile(run_dir / part / f"model{suffix}", target)
-            written.append(target)
+    written = copy_weights(run_dir, out, ("vae", "mdnrnn", CONTROLLER_DIR))
     latents = load_latent_cache(run_dir)
     starts = latents.offsets[:-1]
     save_checkpoint(latent_dir(out), {"mu": latents.mu[starts], "log_sigma": latents.log_sigma[starts]},
                     {"kind": "dream start latents", "episodes": len(starts)}, name="start")
     return [*written, latent_dir(out) / "start.safetensors"]
+
+
+def copy_weights(source: Path, target: Path, parts: tuple[str, ...] = ("mdnrnn", CONTROLLER_DIR)) -> list[Path]:
+    """Copy the exported weights (``PART/model.safetensors`` + ``.json``) of ``parts`` from one run
+    directory to another, each file atomically (a killed copy never leaves half a checkpoint)."""
+    written = []
+    for part in parts:
+        (Path(target) / part).mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            payload = (Path(source) / part / f"model{suffix}").read_bytes()
+            destination = Path(target) / part / f"model{suffix}"
+            atomic_write_bytes(destination, lambda file, payload=payload: file.write(payload))
+            written.append(destination)
+    return written

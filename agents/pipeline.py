@@ -1,10 +1,11 @@
 """The whole World Models recipe as one resumable command.
 
-    collect -> V -> [latent cache + M -> C in the dream -> validation] x rounds -> evaluation
+    collect -> V -> [latent cache + M -> C in the dream -> validation] x rounds -> selection -> evaluation
 
 Round 1 trains on random rollouts; each later round adds the current agent's own episodes
 (iterative training). After every round the agent plays ``val_episodes`` real episodes on the
-validation seeds (500,000+): those are the scores to compare settings by. The final score is
+validation seeds (500,000+): those are the scores to compare settings by, and the round with the
+best one is the agent deployed (its M and C are kept in ``RUN/rounds/K``). The final score is
 ``eval_episodes`` real episodes on the evaluation seeds (1,000,000+), played once at the end.
 
 Each stage records its wall-clock in ``RUN/stages.json`` when it finishes and is skipped when
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.agent import agent_policy_factory
+from agents.agent import agent_policy_factory, copy_weights
 from agents.evaluate import evaluate_real
 from agents.presets import PipelineSettings
 from agents.report import learning_curve
@@ -33,6 +34,7 @@ from world_models.train_mdnrnn import MDNRNNConfig, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
+ROUNDS_DIR = "rounds"
 VALIDATION_SEED = 500_000  # per-round real scores, the ones to look at when choosing settings
 EVAL_SEED = 1_000_000  # the final evaluation: never a collection or validation seed
 
@@ -74,6 +76,7 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
         seed=s.seed, **common)))
     for k in range(1, s.iterations + 1):
         _train_round(k, s, run_dir, data, stages, common, progress)
+    _select_round(stages, s, run_dir)
     result = _play_real(stages, _name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes)
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
@@ -100,8 +103,8 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
                    lambda r: dataclasses.asdict(r))
     stages.run(_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
         run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
-        batch_size=s.mdn_batch, epochs=s.mdn_epochs + (k - 1) * s.round_mdn_epochs, lr=s.mdn_lr, seed=s.seed,
-        **common)))
+        batch_size=s.mdn_batch, epochs=s.mdn_epochs + (k - 1) * s.round_mdn_epochs, lr=s.mdn_lr,
+        keep_best=s.mdn_keep_best, patience=s.mdn_patience, seed=s.seed, **common)))
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
     stages.run(_name("controller", k), lambda: train_controller(ControllerConfig(
@@ -111,21 +114,54 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
         state_dir=_name("cmaes_dream", k), warm_start=s.warm_start and k > 1, **common)))
     if s.val_episodes:
-        _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes)
+        _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
+                   then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
 
 
 def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, first_seed: int,
-               episodes: int) -> dict:
-    """A stage of ``episodes`` real-env episodes with the current agent, seeds ``first_seed``+."""
+               episodes: int, then=lambda: None) -> dict:
+    """A stage of ``episodes`` real-env episodes with the current agent, seeds ``first_seed``+
+    (``then`` runs inside the stage, after them)."""
     seeds = list(range(first_seed, first_seed + episodes))
-    return stages.run(name, lambda: evaluate_real(run_dir, s.env, seeds, s.workers), lambda r: r.to_dict())
+
+    def play():
+        result = evaluate_real(run_dir, s.env, seeds, s.workers)
+        then()
+        return result
+
+    return stages.run(name, play, lambda r: r.to_dict())
+
+
+def round_dir(run_dir: Path, k: int) -> Path:
+    """Where round k's M and C are kept (``RUN/rounds/K/{mdnrnn,controller}``)."""
+    return Path(run_dir) / ROUNDS_DIR / str(k)
+
+
+def _select_round(stages: Stages, s: PipelineSettings, run_dir: Path) -> None:
+    """Deploy (copy into ``RUN/mdnrnn`` and ``RUN/controller``) the round whose agent scored best on
+    the validation seeds; the evaluation seeds never enter the choice. Ties go to the later round."""
+    if not (s.select_round and s.val_episodes and s.iterations > 1):
+        return
+
+    def select() -> dict:
+        scores = [stages.done[_name("validate", k)]["summary"]["mean"] for k in range(1, s.iterations + 1)]
+        best = max(range(len(scores)), key=lambda i: (scores[i], i)) + 1
+        copy_weights(round_dir(run_dir, best), run_dir)
+        print(f"deploying round {best} of {s.iterations} (validation means {[round(x, 1) for x in scores]})")
+        return {"round": best, "validation_means": scores}
+
+    stages.run(_name("select", s.iterations), select)
 
 
 def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:
     real_frames = sum(len(episode) for _, episode in iter_episodes(data))
+    selected = [stage["summary"]["round"] for name, stage in stages.done.items() if name.startswith("select")]
+    deployed = selected[-1] if selected else None
+    controller = _name("controller", deployed) if deployed else _last(stages, "controller")
     return {
         "command": "python train.py " + shlex.join(sys.argv[1:]),
-        "dream_score": stages.done[_last(stages, "controller")]["summary"].get("fitness"),
+        "deployed_round": deployed,
+        "dream_score": stages.done[controller]["summary"].get("fitness"),
         "validation_score_per_round": [stage["summary"]["mean"] for name, stage in stages.done.items()
                                        if name.startswith("validate")],
         "real_mean": result["mean"], "real_std": result["std"], "real_episodes": result["episodes"],
@@ -147,7 +183,8 @@ def summary_lines(summary: dict) -> list[str]:
         f"dream score {summary['dream_score']:.1f}; real score {summary['real_mean']:.1f} +- "
         f"{summary['real_std']:.1f} over {summary['real_episodes']} episodes (seeds {first}-{last})",
         f"real frames used for training: {summary['real_frames_used']:,}",
-        *([f"real score per round (validation seeds): {[round(x, 1) for x in summary['validation_score_per_round']]}"]
+        *([f"real score per round (validation seeds): {[round(x, 1) for x in summary['validation_score_per_round']]}"
+           + (f"; deployed round {summary['deployed_round']}" if summary.get("deployed_round") else "")]
           if summary["validation_score_per_round"] else []),
         f"wall-clock: {stages} (total {summary['seconds_total'] / 60:.1f} min)",
     ]

@@ -1,5 +1,6 @@
 """The command lines end to end on a tiny TakeCover run: train, evaluate, resume, errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -116,8 +117,15 @@ def test_pipeline_runs_and_resumes(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["real_episodes"] == 2 and summary["real_frames_used"] > 0
     assert list(summary["seconds_per_stage"]) == ["collect", "vae", "mdnrnn", "controller", "validate", "collect_2",
-                                                  "mdnrnn_2", "controller_2", "validate_2", "evaluate_2"]
-    assert len(summary["validation_score_per_round"]) == 2
+                                                  "mdnrnn_2", "controller_2", "validate_2", "select_2",
+                                                  "evaluate_2"]
+    scores = summary["validation_score_per_round"]
+    assert len(scores) == 2
+    deployed = 2 if scores[1] >= scores[0] else 1  # the best on the validation seeds
+    assert summary["deployed_round"] == deployed
+    for part in ("mdnrnn", "controller"):
+        kept = run_dir / "rounds" / str(deployed) / part / "model.safetensors"
+        assert kept.read_bytes() == (run_dir / part / "model.safetensors").read_bytes()
     assert summary["real_seeds"] == [1_000_000, 1_000_001]  # the final score, apart from validation
     stages = json.loads((run_dir / "stages.json").read_text())
     assert stages["validate_2"]["summary"]["seeds"] == [500_000]
@@ -131,4 +139,25 @@ def test_pipeline_runs_and_resumes(tmp_path):
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
     second = ok(run("train.py", "pipeline", *args))
-    assert second.stdout.count("skipped") == 10
+    assert second.stdout.count("skipped") == 11
+
+
+@pytest.mark.parametrize(("scores", "deployed"), [([300.0, 100.0, 200.0], 1), ([100.0, 250.0, 250.0], 3)])
+def test_the_round_best_on_validation_seeds_is_deployed(tmp_path, scores, deployed):
+    from agents.pipeline import Stages, _select_round, round_dir
+    from agents.presets import PRESETS
+
+    stages = Stages(tmp_path)
+    for k, mean in enumerate(scores, start=1):
+        stages.done["validate" if k == 1 else f"validate_{k}"] = {"seconds": 1.0, "summary": {"mean": mean}}
+        for part in ("mdnrnn", "controller"):
+            (round_dir(tmp_path, k) / part).mkdir(parents=True)
+            for suffix in (".safetensors", ".json"):
+                (round_dir(tmp_path, k) / part / f"model{suffix}").write_text(f"round {k}")
+    settings = dataclasses.replace(PRESETS["doom-take-cover-tiny"], iterations=3, val_episodes=1)
+    _select_round(stages, settings, tmp_path)
+    assert json.loads((tmp_path / "stages.json").read_text())["select_3"]["summary"]["round"] == deployed
+    for part in ("mdnrnn", "controller"):
+        assert (tmp_path / part / "model.safetensors").read_text() == f"round {deployed}"
+    _select_round(stages, dataclasses.replace(settings, select_round=False), tmp_path / "other")
+    assert not (tmp_path / "other").exists()  # off: the last round's agent stays deployed

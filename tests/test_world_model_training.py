@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 import world_models.latents as latents_module
+import world_models.train_mdnrnn as train_mdnrnn_module
 from envs.collect import collect
-from envs.errors import ConfigMismatchError
+from envs.errors import ConfigMismatchError, UserError
 from world_models.data import LatentEpisodes
 from world_models.latents import build_latent_cache
 from world_models.runlog import read_metrics
@@ -150,13 +152,42 @@ def test_mdnrnn_validation_nll_falls_below_an_untrained_models(trained_run: Path
         assert key in final, key
 
 
-def test_mdnrnn_resumed_run_equals_uninterrupted(trained_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_best", ["", "val_done_loss"])
+def test_mdnrnn_resumed_run_equals_uninterrupted(trained_run: Path, tmp_path: Path, keep_best: str) -> None:
     for name in ("whole", "resumed"):
         shutil.copytree(vae_dir(trained_run), vae_dir(tmp_path / name))
-    train_mdnrnn(mdn_config(tmp_path / "whole", data=None, epochs=2))
-    train_mdnrnn(mdn_config(tmp_path / "resumed", epochs=1))
-    train_mdnrnn(mdn_config(tmp_path / "resumed", epochs=2))
+    train_mdnrnn(mdn_config(tmp_path / "whole", data=None, epochs=2, keep_best=keep_best))
+    train_mdnrnn(mdn_config(tmp_path / "resumed", epochs=1, keep_best=keep_best))
+    train_mdnrnn(mdn_config(tmp_path / "resumed", epochs=2, keep_best=keep_best))
     assert_same_weights(tmp_path / "whole" / "mdnrnn", tmp_path / "resumed" / "mdnrnn")
+
+
+def test_mdnrnn_keeps_its_best_held_out_epoch_and_stops_when_it_stalls(
+        trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Scripted held-out done losses: best at epoch 2, none better for 2 epochs -> stop at 4, keep 2;
+    the next call (a later pipeline round) searches afresh from the kept weights."""
+    shutil.copytree(vae_dir(trained_run), vae_dir(tmp_path))
+    scripted = iter([1.0, 0.5, 0.3, 0.4, 0.45, 0.9, 0.7])  # epoch 0 (untrained), 1, 2, ...
+    snapshots = []  # the weights held out at epoch 0, 1, 2, ...
+
+    def held_out(model, *_):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val_nll": 1.0, "val_done_loss": next(scripted)}
+
+    monkeypatch.setattr(train_mdnrnn_module, "evaluate_mdnrnn", held_out)
+    config = mdn_config(tmp_path, keep_best="val_done_loss", patience=2)
+    metrics = train_mdnrnn(replace(config, epochs=6))
+    assert (metrics["epoch"], metrics["last_epoch"]) == (2, 4)  # epochs 5, 6 never ran
+    assert len(snapshots) == 1 + 4
+    kept = weights(tmp_path / "mdnrnn")
+    for key, value in snapshots[2].items():
+        torch.testing.assert_close(kept[key], value, rtol=0, atol=0, msg=key)
+    assert not torch.equal(kept["done_head.weight"], snapshots[4]["done_head.weight"])
+    assert train_mdnrnn(replace(config, epochs=6)) == {}  # finished: a rerun trains nothing
+    metrics = train_mdnrnn(replace(config, epochs=8))  # a new search, even though 0.9 > 0.3
+    assert (metrics["epoch"], metrics["last_epoch"]) == (8, 8)
+    with pytest.raises(UserError, match="held-out loss"):
+        train_mdnrnn(replace(config, epochs=9, keep_best="done_accuracy"))
 
 
 def test_mdnrnn_with_another_hidden_size_is_a_config_mismatch(trained_run: Path, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from envs.episodes import load_metadata
-from world_models.checkpoint import load_checkpoint, load_module_state
+from envs.errors import UserError
+from world_models.checkpoint import load_checkpoint, load_module_state, module_state, save_checkpoint
 from world_models.data import LatentEpisodes
 from world_models.latents import build_latent_cache
 from world_models.mdnrnn import MDNRNN
@@ -23,6 +24,8 @@ from world_models.train_vae import load_vae, vae_dir
 from world_models.training import TrainState, check_finite, progress_bar
 
 MDNRNN_DIR = "mdnrnn"
+BEST_NAME = "best"
+HELD_OUT_LOSSES = ("val_loss", "val_nll", "val_done_loss", "val_reward_loss")
 
 
 @dataclass
@@ -47,6 +50,13 @@ class MDNRNNConfig:
     """Weight of terminal steps in the done loss (released code: 10)."""
     reward_weight: float = 1.0
     val_fraction: float = 0.1
+    keep_best: str = ""
+    """Keep the epoch of this training call with the lowest held-out loss of this name (val_loss,
+    val_nll, val_done_loss or val_reward_loss): its weights are exported and a later call continues
+    from them. Empty keeps the last epoch. The done head overfits first (held-out done loss rises
+    while val_nll still falls), hence val_done_loss in the pipeline."""
+    patience: int = 0
+    """With --keep-best: stop after this many epochs without a new best (0: train every epoch)."""
     seed: int = 0
     device: str = "auto"
     """auto | cpu | cuda"""
@@ -161,17 +171,60 @@ def train_mdnrnn(config: MDNRNNConfig) -> dict:
     if state.epoch == 0:
         logger.log({"epoch": 0, **evaluate_mdnrnn(model, val_latents, config, device)}, 0)
     metrics = {}
+    best = BestEpoch(mdnrnn_dir(config.run_dir), config) if config.keep_best else None
     bar = progress_bar("M", config.epochs, state.epoch, config.progress)
     for epoch in range(state.epoch, config.epochs):
         metrics = _train_epoch(model, optimizer, train_latents, epoch, state, config, device)
         metrics.update(evaluate_mdnrnn(model, val_latents, config, device))
         logger.log(metrics, state.step)
         state.epoch = epoch + 1
+        if best is not None:
+            best.offer(metrics, model)
+            if state.epoch == config.epochs or best.stale(state.epoch):
+                metrics = best.restore(model, state.epoch)
+                state.epoch = config.epochs  # this call's training is finished
         state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config)
         bar.advance(f"nll {metrics['nll']:.3f} val {metrics['val_nll']:.3f} {metrics['steps_per_s']:.0f} steps/s")
+        if state.epoch == config.epochs:
+            break
     bar.close()
     logger.close()
     return metrics
+
+
+class BestEpoch:
+    """The epoch with the lowest held-out ``config.keep_best`` loss of one training call (the call
+    that trains up to ``config.epochs``), its weights in ``mdnrnn/best.safetensors`` so that a
+    killed call resumes with it; a call with another epoch target starts a new search."""
+
+    def __init__(self, directory: Path, config: MDNRNNConfig) -> None:
+        if config.keep_best not in HELD_OUT_LOSSES:
+            raise UserError(f"--keep-best {config.keep_best!r} is not a held-out loss: use one of "
+                            f"{', '.join(HELD_OUT_LOSSES)} (or '' to keep the last epoch)")
+        self.directory, self.name, self.patience = Path(directory), config.keep_best, config.patience
+        self.target = config.epochs
+        self.metrics: dict = {"epoch": 0, self.name: float("inf")}
+        if (self.directory / f"{BEST_NAME}.json").exists():
+            _, saved = load_checkpoint(self.directory, name=BEST_NAME)
+            if saved.get("target_epochs") == self.target:
+                self.metrics = saved["metrics"]
+
+    def offer(self, metrics: dict, model: torch.nn.Module) -> None:
+        if metrics[self.name] < self.metrics[self.name]:
+            self.metrics = dict(metrics)
+            config = {"metrics": self.metrics, "target_epochs": self.target}
+            save_checkpoint(self.directory, module_state(model), config, name=BEST_NAME)
+
+    def stale(self, epoch: int) -> bool:
+        return self.patience > 0 and epoch - self.metrics["epoch"] >= self.patience
+
+    def restore(self, model: torch.nn.Module, last_epoch: int) -> dict:
+        """Load the best weights into ``model``; returns their metrics (``epoch`` is theirs)."""
+        tensors, _ = load_checkpoint(self.directory, name=BEST_NAME, device=next(model.parameters()).device)
+        load_module_state(model, tensors)
+        print(f"M: kept epoch {self.metrics['epoch']} ({self.name} {self.metrics[self.name]:.4f}), "
+              f"trained to epoch {last_epoch}")
+        return {**self.metrics, "last_epoch": last_epoch}
 
 
 def _model_config(meta: dict, vae_config: dict, config: MDNRNNConfig) -> dict:
