@@ -60,7 +60,9 @@ class ControllerConfig:
     include_cell: bool = False
     """Feed the LSTM cell c to C as well as h."""
     done_mode: Literal["threshold", "sample"] = "threshold"
-    """How a dream ends from M's done probability p: threshold (p > done_threshold, paper) or sample."""
+    """How a dream ends from M's done probability p: threshold (p > done_threshold, paper) or sample
+    (Bernoulli of p calibrated for the weight M's done loss gave deaths: a per-step hazard, so a death
+    that M cannot time precisely still happens in the dream about as often as in reality)."""
     done_threshold: float = 0.5
     max_episode_steps: int = 2100
     npg_envs: int = 256
@@ -91,8 +93,10 @@ def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpe
 
 def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
     reward_mode = "survival" if "TakeCover" in mdn_config["env_id"] else "model"
+    # an M saved before its config recorded done_weight was trained with the default, 10
     return DreamConfig(temperature=config.temperature, done_mode=config.done_mode,
-                       done_threshold=config.done_threshold, reward_mode=reward_mode,
+                       done_threshold=config.done_threshold, done_weight=mdn_config.get("done_weight", 10.0),
+                       reward_mode=reward_mode,
                        max_episode_steps=config.max_episode_steps, include_cell=config.include_cell)
 
 

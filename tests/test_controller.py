@@ -108,3 +108,13 @@ def test_spec_validation() -> None:
         ControllerSpec(
             feature_dim=4, action_dim=2, discrete=True, action_low=(0.0, 0.0), action_high=(1.0, 1.0)
         )
+
+
+def test_the_dream_undoes_the_done_weight_m_was_trained_with() -> None:
+    from pathlib import Path
+
+    from agents.train_controller import ControllerConfig, dream_config
+
+    config = ControllerConfig(run_dir=Path("run"), done_mode="sample")
+    assert dream_config(config, {"env_id": "VizdoomTakeCover-v1", "done_weight": 3.0}).done_weight == 3.0
+    assert dream_config(config, {"env_id": "VizdoomTakeCover-v1"}).done_weight == 10.0  # an M saved before the key

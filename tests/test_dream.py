@@ -118,6 +118,16 @@ def test_sampled_done_ends_about_p_of_the_dreams() -> None:
     assert 0.45 < terminated.mean() < 0.55
 
 
+def test_sampled_done_undoes_the_weight_the_done_loss_gave_deaths() -> None:
+    """M trained with pos_weight w = 10 outputs odds 10x the true ones: logit log(10 * 0.1 / 0.9)
+    means p = 0.1, so dreams die at 10% a step, not at sigmoid(logit) = 53%."""
+    logit = float(np.log(10 * 0.1 / 0.9))
+    env = dream(num_envs=4000, done_bias=logit, done_mode="sample", done_weight=10.0)
+    env.reset(seed=0)
+    _, _, terminated, _, _ = env.step(np.zeros(4000, dtype=np.int64))
+    assert 0.085 < terminated.mean() < 0.115
+
+
 @pytest.mark.parametrize("done_bias, max_steps, expected", [(20.0, 50, 1), (-20.0, 9, 9)])
 def test_dream_rollouts_return_first_episode_lengths(done_bias: float, max_steps: int, expected: int) -> None:
     env = dream(num_envs=6, done_bias=done_bias, max_episode_steps=max_steps)

@@ -3,6 +3,7 @@ the latent cache is built once and rebuilt when V or the data change, bad runs s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -150,6 +151,8 @@ def test_mdnrnn_validation_nll_falls_below_an_untrained_models(trained_run: Path
     assert final["val_nll"] < untrained["val_nll"] - 0.05  # per latent dimension
     for key in ("nll", "reward_loss", "done_loss", "done_accuracy", "done_precision", "val_nll", "steps_per_s"):
         assert key in final, key
+    # the dream's sampled deaths undo the weight the done loss gave them (agents.train_controller.dream_config)
+    assert json.loads((trained_run / "mdnrnn" / "model.json").read_text())["done_weight"] == 10.0
 
 
 @pytest.mark.parametrize("keep_best", ["", "val_done_loss"])

@@ -13,6 +13,7 @@ where h_t is M's state after (z_{t-1}, a_{t-1}): the World Models controller inp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -28,8 +29,12 @@ class DreamConfig:
     temperature: float = 1.15
     """Sampling temperature tau of M's mixture (paper Doom: 1.15)."""
     done_mode: str = "threshold"
-    """threshold: done when p(done) > done_threshold; sample: done ~ Bernoulli(p)."""
+    """threshold: done when p(done) > done_threshold; sample: done ~ Bernoulli(p), p calibrated."""
     done_threshold: float = 0.5
+    done_weight: float = 1.0
+    """The weight M's done loss gave terminal steps. A BCE with pos_weight w learns the odds of
+    death times w, so sampling undoes it: p = sigmoid(logit - log w). Uncorrected, a dream with
+    w = 10 dies about ten times too often."""
     reward_mode: str = "survival"
     """survival: +1 per step (TakeCover); model: M's reward head."""
     max_episode_steps: int = 2100
@@ -107,12 +112,12 @@ class DreamVecEnv(VectorEnv):
         resetting = self._needs_reset.clone()
         out, self.carry = self.model.step(self.z, actions, self.carry)
         z_next = self.model.sample(out, self.config.temperature, self.generator)
-        p_done = torch.sigmoid(out.done_logit)
         if self.config.done_mode == "sample":
+            p_done = torch.sigmoid(out.done_logit - math.log(self.config.done_weight))
             terminated = torch.rand(p_done.shape, generator=self.generator, device=self.device) < p_done
         else:
-            terminated = p_done > self.config.done_threshold
-        reward = torch.ones_like(p_done) if self.config.reward_mode == "survival" else out.reward
+            terminated = torch.sigmoid(out.done_logit) > self.config.done_threshold
+        reward = torch.ones_like(out.done_logit) if self.config.reward_mode == "survival" else out.reward
         self.z = z_next
         self.steps += 1
         truncated = (self.steps >= self.config.max_episode_steps) & ~terminated

@@ -183,7 +183,7 @@ def train_mdnrnn(config: MDNRNNConfig) -> dict:
             if state.epoch == config.epochs or best.stale(state.epoch):
                 metrics = best.restore(model, state.epoch)
                 state.epoch = config.epochs  # this call's training is finished
-        state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config)
+        state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config, {"done_weight": config.done_weight})
         bar.advance(f"nll {metrics['nll']:.3f} val {metrics['val_nll']:.3f} {metrics['steps_per_s']:.0f} steps/s")
         if state.epoch == config.epochs:
             break
