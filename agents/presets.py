@@ -29,19 +29,19 @@ class PipelineSettings:
     mdn_epochs: int = 30
     mdn_batch: int = 32
     mdn_lr: float = 1e-3
-    mdn_keep_best: str = "val_done_loss"
-    """M keeps the epoch of each round with the lowest held-out loss of this name ('' keeps the
-    last epoch). Its done head overfits first: held-out done loss rose 0.077 -> 0.120 over five
-    rounds of continued training while val_nll still fell."""
+    mdn_keep_best: str = ""
+    """M keeps the epoch of each round with the lowest held-out loss of this name, e.g.
+    val_done_loss ('' keeps the last epoch). Continued training overfits M's done head (held-out
+    done loss 0.077 -> 0.120 over five rounds while val_nll still fell); keeping the best epoch
+    holds it at ~0.075, but two runs with it scored no better (182, 193), so it is off."""
     mdn_patience: int = 10
-    """Stop a round's M training after this many epochs without a new best (0: every epoch)."""
+    """With mdn_keep_best: stop a round's M training after this many epochs without a new best."""
     temperature: float = 1.15
-    done_mode: str = "sample"
-    """How a dream dies from M's done head: sample (Bernoulli of p, calibrated for the done loss's
-    weight on deaths) | threshold (p > 0.5, the paper's rule). Deaths in TakeCover come at times M
-    cannot predict exactly, so p stays below 0.5 and a threshold dream rarely dies where reality
-    does: CMA-ES found exploits (dream 1500-2100, real ~200). On one M, sampled deaths gave dream 630,
-    real 379 on 50 validation episodes, against 254 for the threshold rule."""
+    done_mode: str = "threshold"
+    """How a dream dies from M's done head: threshold (p > 0.5, the paper's rule) | sample
+    (Bernoulli of p, calibrated for the done loss's weight on deaths). On one M, sampled deaths
+    gave real 379 against 268 for the threshold rule (50 validation episodes), but a whole
+    pipeline run with them stayed at the random policy's level (182), so threshold stays."""
     dream_max_steps: int = 2100
     """Dream episodes are cut here (the real env's 2100-step limit)."""
     generations: int = 30
@@ -90,7 +90,7 @@ PRESETS: dict[str, PipelineSettings] = {
     # V lr 1e-4, population 64 x 16 rollouts, re-evaluation on 1024 rollouts every 25 generations.
     "doom-take-cover-paper": PipelineSettings(
         episodes=10_000, collect_workers=64, vae_epochs=10, vae_lr=1e-4, hidden=512, seq_len=500,
-        mdn_epochs=20, mdn_batch=100, mdn_keep_best="", done_mode="threshold", generations=300, eval_every=25,
+        mdn_epochs=20, mdn_batch=100, done_mode="threshold", generations=300, eval_every=25,
         eval_rollouts=1024, include_cell=True, workers=64, iterations=1,
     ),
     # A minutes-long smoke run of the whole pipeline (tests, first try on a new machine).
