@@ -23,13 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from agents.agent import agent_policy_factory, copy_weights
+from agents.agent import CONTROLLER_DIR, agent_policy_factory, copy_weights
 from agents.evaluate import evaluate_real
 from agents.presets import PipelineSettings
 from agents.report import learning_curve
 from agents.train_controller import ControllerConfig, train_controller
 from envs.collect import collect
 from envs.episodes import atomic_write_json, iter_episodes
+from envs.errors import UserError
 from world_models.train_mdnrnn import MDNRNNConfig, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
@@ -62,6 +63,8 @@ class Stages:
 def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto", wandb_mode: str = "disabled",
                  progress: bool = True, preset: str = "") -> dict:
     """Run (or resume) every stage; returns the final summary (also in ``RUN/summary.json``)."""
+    if settings.restarts < 1 or (settings.restarts > 1 and settings.val_episodes < 1):
+        raise UserError("--restarts must be at least 1, and more than 1 needs --val-episodes > 0 to choose by")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "pipeline_config.json", {"preset": preset, **dataclasses.asdict(settings)})
@@ -107,15 +110,36 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         keep_best=s.mdn_keep_best, patience=s.mdn_patience, seed=s.seed, **common)))
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
-    stages.run(_name("controller", k), lambda: train_controller(ControllerConfig(
-        run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature,
-        generations=generations + (s.final_generations if last else 0), max_episode_steps=s.dream_max_steps,
-        done_mode=s.done_mode, population=s.population, rollouts=s.rollouts, eval_every=s.eval_every,
-        eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, seed=s.seed,
-        state_dir=_name("cmaes_dream", k), warm_start=s.warm_start and k > 1, **common)))
+    stages.run(_name("controller", k), lambda: _train_controllers(
+        k, s, run_dir, generations + (s.final_generations if last else 0), common))
     if s.val_episodes:
         _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
+
+
+def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, common: dict) -> dict:
+    """C of round k: ``s.restarts`` CMA-ES runs in the same dream (seeds seed, seed + 1, ...). With
+    more than one, each plays the validation episodes, its weights are kept in
+    ``RUN/rounds/K/restartR`` and the best one on validation becomes the round's controller."""
+    runs = []
+    for r in range(s.restarts):
+        summary = train_controller(ControllerConfig(
+            run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=generations,
+            max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population,
+            rollouts=s.rollouts, eval_every=s.eval_every, eval_rollouts=s.eval_rollouts,
+            include_cell=s.include_cell, seed=s.seed + r,
+            state_dir=_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
+            warm_start=s.warm_start and k > 1, **common))
+        if s.restarts == 1:
+            return summary
+        seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + s.val_episodes))
+        summary["validation"] = evaluate_real(run_dir, s.env, seeds, s.workers).mean
+        copy_weights(run_dir, round_dir(run_dir, k) / f"restart{r}", (CONTROLLER_DIR,))
+        runs.append(summary)
+    best = max(range(len(runs)), key=lambda r: runs[r]["validation"])
+    copy_weights(round_dir(run_dir, k) / f"restart{best}", run_dir, (CONTROLLER_DIR,))
+    print(f"round {k}: kept CMA-ES restart {best} (validation means {[round(x['validation'], 1) for x in runs]})")
+    return {**runs[best], "restart": best, "restarts": runs}
 
 
 def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, first_seed: int,

@@ -161,3 +161,18 @@ def test_the_round_best_on_validation_seeds_is_deployed(tmp_path, scores, deploy
         assert (tmp_path / part / "model.safetensors").read_text() == f"round {deployed}"
     _select_round(stages, dataclasses.replace(settings, select_round=False), tmp_path / "other")
     assert not (tmp_path / "other").exists()  # off: the last round's agent stays deployed
+
+
+def test_cmaes_restarts_keep_the_best_on_validation(tmp_path):
+    run_dir = tmp_path / "pipe"
+    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
+           "--restarts", 2, "--no-progress"))
+    controller = json.loads((run_dir / "stages.json").read_text())["controller"]["summary"]
+    scores = [restart["validation"] for restart in controller["restarts"]]
+    assert len(scores) == 2 and controller["restart"] == scores.index(max(scores))
+    kept = run_dir / "rounds" / "1" / f"restart{controller['restart']}" / "controller" / "model.safetensors"
+    assert kept.read_bytes() == (run_dir / "controller" / "model.safetensors").read_bytes()
+    assert (run_dir / "cmaes_dream_restart1").is_dir()  # the second restart kept its own search state
+    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
+                               "--restarts", 2, "--val-episodes", 0))
+    assert "--val-episodes" in error
