@@ -121,7 +121,7 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
     """C of round k: ``s.restarts`` CMA-ES runs in the same dream (seeds seed, seed + 1, ...). With
     more than one, each plays the validation episodes, its weights are kept in
     ``RUN/rounds/K/restartR`` and the best one on validation becomes the round's controller."""
-    runs = []
+    runs, validation_seeds = [], _seeds(VALIDATION_SEED, s.val_episodes)
     for r in range(s.restarts):
         summary = train_controller(ControllerConfig(
             run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=generations,
@@ -132,8 +132,7 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
             warm_start=s.warm_start and k > 1, **common))
         if s.restarts == 1:
             return summary
-        seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + s.val_episodes))
-        summary["validation"] = evaluate_real(run_dir, s.env, seeds, s.workers).mean
+        summary["validation"] = evaluate_real(run_dir, s.env, validation_seeds, s.workers).mean
         copy_weights(run_dir, round_dir(run_dir, k) / f"restart{r}", (CONTROLLER_DIR,))
         runs.append(summary)
     best = max(range(len(runs)), key=lambda r: runs[r]["validation"])
@@ -146,7 +145,7 @@ def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, fi
                episodes: int, then=lambda: None) -> dict:
     """A stage of ``episodes`` real-env episodes with the current agent, seeds ``first_seed``+
     (``then`` runs inside the stage, after them)."""
-    seeds = list(range(first_seed, first_seed + episodes))
+    seeds = _seeds(first_seed, episodes)
 
     def play():
         result = evaluate_real(run_dir, s.env, seeds, s.workers)
@@ -154,6 +153,10 @@ def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, fi
         return result
 
     return stages.run(name, play, lambda r: r.to_dict())
+
+
+def _seeds(first: int, episodes: int) -> list[int]:
+    return list(range(first, first + episodes))
 
 
 def round_dir(run_dir: Path, k: int) -> Path:
