@@ -63,8 +63,10 @@ class Stages:
 def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto", wandb_mode: str = "disabled",
                  progress: bool = True, preset: str = "") -> dict:
     """Run (or resume) every stage; returns the final summary (also in ``RUN/summary.json``)."""
-    if settings.restarts < 1 or (settings.restarts > 1 and settings.val_episodes < 1):
-        raise UserError("--restarts must be at least 1, and more than 1 needs --val-episodes > 0 to choose by")
+    most_restarts = settings.restarts + settings.final_restarts
+    if settings.restarts < 1 or settings.final_restarts < 0 or (most_restarts > 1 and settings.val_episodes < 1):
+        raise UserError("--restarts must be at least 1 and --final-restarts at least 0; more than one CMA-ES "
+                        "run per round needs --val-episodes > 0 to choose by")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "pipeline_config.json", {"preset": preset, **dataclasses.asdict(settings)})
@@ -111,18 +113,20 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
     stages.run(_name("controller", k), lambda: _train_controllers(
-        k, s, run_dir, generations + (s.final_generations if last else 0), common))
+        k, s, run_dir, generations + (s.final_generations if last else 0),
+        s.restarts + (s.final_restarts if last else 0), common))
     if s.val_episodes:
         _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
 
 
-def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, common: dict) -> dict:
-    """C of round k: ``s.restarts`` CMA-ES runs in the same dream (seeds seed, seed + 1, ...). With
+def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, restarts: int,
+                       common: dict) -> dict:
+    """C of round k: ``restarts`` CMA-ES runs in the same dream (seeds seed, seed + 1, ...). With
     more than one, each plays the validation episodes, its weights are kept in
     ``RUN/rounds/K/restartR`` and the best one on validation becomes the round's controller."""
     runs, validation_seeds = [], _seeds(VALIDATION_SEED, s.val_episodes)
-    for r in range(s.restarts):
+    for r in range(restarts):
         summary = train_controller(ControllerConfig(
             run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=generations,
             max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population,
@@ -130,7 +134,7 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
             include_cell=s.include_cell, seed=s.seed + r,
             state_dir=_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
             warm_start=s.warm_start and k > 1, **common))
-        if s.restarts == 1:
+        if restarts == 1:
             return summary
         summary["validation"] = evaluate_real(run_dir, s.env, validation_seeds, s.workers).mean
         copy_weights(run_dir, round_dir(run_dir, k) / f"restart{r}", (CONTROLLER_DIR,))

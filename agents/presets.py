@@ -78,6 +78,10 @@ class PipelineSettings:
     (needs val_episodes > 0; the round's validation score is then that of the best restart).
     Measured on one M: three restarts scored 268 / 359 / 888 on 50 validation episodes, and the
     best 752 on the evaluation episodes; each restart costs a round's CMA-ES time again."""
+    final_restarts: int = 0
+    """Extra CMA-ES runs in the last round only (seeds seed + restarts, ...), chosen among with the
+    round's others on the validation episodes: the last round's M is the best-informed, so a
+    restart there costs one round's CMA-ES time instead of ``iterations`` times it."""
     select_round: bool = True
     """Deploy the round whose agent scored best on the validation seeds (each round's M and C are
     kept in ``RUN/rounds/K``); off deploys the last round's. Needs ``val_episodes`` > 0."""
