@@ -40,8 +40,9 @@ class Collect:
     """Independent worker processes, each with its own env."""
     seed: int = 0
     """First episode seed; episode seeds are seed, seed+1, ..."""
-    policy: Literal["random", "held"] = "random"
-    """random: uniform actions; held: a random action held for 1-10 steps (World Models Doom)."""
+    policy: Literal["random", "held", "constant"] = "random"
+    """random: uniform actions; held: a random action held for 1-10 steps (World Models Doom);
+    constant: one random action held for the whole episode."""
     progress: bool = True
     """Show a progress bar."""
 

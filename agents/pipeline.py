@@ -67,6 +67,8 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     if settings.restarts < 1 or settings.final_restarts < 0 or (most_restarts > 1 and settings.val_episodes < 1):
         raise UserError("--restarts must be at least 1 and --final-restarts at least 0; more than one CMA-ES "
                         "run per round needs --val-episodes > 0 to choose by")
+    if settings.probe_episodes < 0:
+        raise UserError("--probe-episodes must be at least 0")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "pipeline_config.json", {"preset": preset, **dataclasses.asdict(settings)})
@@ -99,13 +101,17 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     """Training round k. Round 1 learns M and C from the random rollouts; a later round first
     collects with the current agent (plus exploration noise), so that M sees what C's favourite
     moves really lead to, continues M on all the data and trains C afresh (or from the current C)
-    in the new dream. Every round ends with a real-env score on the validation seeds."""
+    in the new dream. With ``probe_episodes``, every round also adds episodes of one action held
+    throughout. Every round ends with a real-env score on the validation seeds."""
+    def collect_to(total: int, **policy):
+        return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, progress=progress, **policy)
+
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
-        total = s.episodes + (k - 1) * s.iteration_episodes
-        stages.run(_name("collect", k), lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed,
-                                                   policy="agent", policy_factory=factory, progress=progress),
-                   lambda r: dataclasses.asdict(r))
+        stages.run(_name("collect", k), collect_to(_collected(s, k) - s.probe_episodes, policy="agent",
+                                                   policy_factory=factory), dataclasses.asdict)
+    if s.probe_episodes:
+        stages.run(_name("probe", k), collect_to(_collected(s, k), policy="constant"), dataclasses.asdict)
     stages.run(_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
         run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
         batch_size=s.mdn_batch, epochs=s.mdn_epochs + (k - 1) * s.round_mdn_epochs, lr=s.mdn_lr,
@@ -118,6 +124,12 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     if s.val_episodes:
         _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
+
+
+def _collected(s: PipelineSettings, k: int) -> int:
+    """Episodes in the dataset once round k has collected: the random rollouts, the agent's
+    episodes of rounds 2..k and every round's probes."""
+    return s.episodes + (k - 1) * s.iteration_episodes + k * s.probe_episodes
 
 
 def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, restarts: int,

@@ -63,6 +63,11 @@ class PipelineSettings:
     length (an exploited dream runs to the 2100-step cap)."""
     iteration_episodes: int = 100
     """Episodes collected with the current agent in each later round."""
+    probe_episodes: int = 0
+    """Episodes per round played with one random action held throughout (policy ``constant``),
+    added to the data after V in round 1 and after the agent's episodes in later rounds. The
+    cheapest exploit of a dream is a constant action that M believes survives (running into a
+    wall); the agent's own episodes teach M only about the action it used, and another one opens."""
     exploration: float = 0.1
     """Probability of a random action when collecting with the agent."""
     round_mdn_epochs: int = 30

@@ -45,7 +45,14 @@ def held_policy(space: gym.Space, rng: np.random.Generator, max_hold: int = 10) 
     return policy
 
 
-POLICIES = {"random": random_policy, "held": held_policy}
+def constant_policy(space: gym.Space, rng: np.random.Generator) -> Policy:
+    """One random action held for the whole episode: a probe of where each action alone leads
+    (e.g. into a wall), the cheapest policy a controller can find in a dream."""
+    action = _sampler(space, rng)()
+    return lambda observation: action
+
+
+POLICIES = {"random": random_policy, "held": held_policy, "constant": constant_policy}
 
 
 def make_policy(name: str, space: gym.Space, rng: np.random.Generator) -> Policy:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -59,6 +60,16 @@ def test_held_policy_holds_actions(tmp_path):
     (_, episode), = iter_episodes(tmp_path)
     changes = np.count_nonzero(np.diff(episode.actions)) + 1
     assert changes < len(episode) / 2  # random 1-10 step holds change ~every 5.5 steps
+
+
+def test_constant_policy_holds_one_random_action_per_episode():
+    from envs.policies import make_policy
+
+    space = gym.spaces.Discrete(3)
+    episodes = [make_policy("constant", space, np.random.default_rng(seed)) for seed in range(30)]
+    actions = [{policy(np.zeros(1)) for _ in range(50)} for policy in episodes]
+    assert all(len(held) == 1 for held in actions)  # one action for the whole episode
+    assert set().union(*actions) == {0, 1, 2}  # which one is random per episode
 
 
 def test_rerun_resumes_without_repeating_seeds(tmp_path):

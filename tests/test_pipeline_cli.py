@@ -190,3 +190,23 @@ def test_final_restarts_only_in_the_last_round(tmp_path):
     error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
                                "--final-restarts", 1, "--val-episodes", 0))
     assert "--val-episodes" in error
+
+
+def test_probe_episodes_hold_one_action_each_round(tmp_path):
+    from envs.episodes import iter_episodes, seed_of
+
+    run_dir = tmp_path / "pipe"
+    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
+           "--iterations", 2, "--iteration-episodes", 2, "--probe-episodes", 2, "--round-mdn-epochs", 1,
+           "--first-round-generations", 1, "--no-progress"))
+    stages = list(json.loads((run_dir / "stages.json").read_text()))
+    assert stages[:5] == ["collect", "vae", "probe", "mdnrnn", "controller"]  # V learns from random data only
+    assert stages[6:9] == ["collect_2", "probe_2", "mdnrnn_2"]
+    episodes = {seed_of(path): episode for path, episode in iter_episodes(run_dir / "data")}
+    assert sorted(episodes) == list(range(4 + 2 + 2 + 2))  # random, probes, agent, probes
+    held = {seed: len(set(episodes[seed].actions.tolist())) for seed in episodes}
+    assert all(held[seed] == 1 for seed in (4, 5, 8, 9))
+    assert held[0] > 1  # the random rollouts change action
+    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
+                               "--probe-episodes", -1))
+    assert "--probe-episodes" in error

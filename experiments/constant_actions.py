@@ -1,0 +1,84 @@
+"""How long M believes one action held throughout survives, round by round of a pipeline run.
+
+    python experiments/constant_actions.py --run-dirs runs/tc-v6 runs/tc-v8
+
+A constant action is the cheapest policy CMA-ES can find in a dream. In TakeCover it runs the
+agent into a wall (or leaves it standing) and dies at ~170 steps in the real env; a round whose M
+lets one such action survive for hundreds of dream steps is a round whose controller learns that
+exploit. For each round kept in ``RUN/rounds/K``, this plays ``dreams`` dreams per action at the
+run's temperature with both death rules and lists the mean dream length beside the round's real
+validation score (``stages.json``). Results go to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.evaluate import load_start_latents  # noqa: E402
+from envs.episodes import atomic_write_json  # noqa: E402
+from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts  # noqa: E402
+from world_models.train_mdnrnn import load_mdnrnn  # noqa: E402
+
+
+@dataclass
+class Args:
+    run_dirs: list[Path]
+    """Pipeline runs with ``rounds/K/mdnrnn`` (one M per round)."""
+    dreams: int = 64
+    """Dreams per action and death rule."""
+    seed: int = 1
+    out: Path = Path("results/constant_actions.json")
+
+
+def constant_action_lengths(run_dir: Path, mdn_dir: Path, temperature: float, dreams: int, seed: int) -> dict:
+    """Mean dream length of each action held throughout, for both death rules: {rule: [per action]}."""
+    mdnrnn, config = load_mdnrnn(mdn_dir, "cpu")
+    start_mu, start_log_sigma = load_start_latents(run_dir, "cpu")
+    lengths = {}
+    for rule in ("threshold", "sample"):
+        dream_config = DreamConfig(temperature=temperature, done_mode=rule,
+                                   done_weight=config.get("done_weight", 10.0))
+        per_action = []
+        for action in range(config["action_dim"]):
+            dream = DreamVecEnv(mdnrnn, start_mu, start_log_sigma, dreams, dream_config, seed=seed)
+            _, length = dream_rollouts(dream, lambda features, index, a=action: torch.full(
+                (len(features),), a, dtype=torch.long), seed=seed)
+            per_action.append(round(float(length.float().mean()), 1))
+        lengths[rule] = per_action
+    return lengths
+
+
+def study_run(run_dir: Path, dreams: int, seed: int) -> list[dict]:
+    settings = json.loads((run_dir / "pipeline_config.json").read_text())
+    stages = json.loads((run_dir / "stages.json").read_text())
+    rows = []
+    for k in range(1, settings["iterations"] + 1):
+        if not (run_dir / "rounds" / str(k) / "mdnrnn").is_dir():
+            break
+        validation = stages.get("validate" if k == 1 else f"validate_{k}", {}).get("summary", {}).get("mean")
+        lengths = constant_action_lengths(run_dir, run_dir / "rounds" / str(k), settings["temperature"], dreams, seed)
+        rows.append({"round": k, "validation_mean": validation, "dream_length_threshold": lengths["threshold"],
+                     "dream_length_sample": lengths["sample"]})
+        print(f"{run_dir.name} round {k}: validation {validation}, dream length per constant action "
+              f"(threshold) {lengths['threshold']}, (sampled) {lengths['sample']}", flush=True)
+    return rows
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(1)
+    result = {"what": __doc__.split("\n")[0], "dreams_per_action": args.dreams, "seed": args.seed,
+              "runs": {str(run): study_run(run, args.dreams, args.seed) for run in args.run_dirs}}
+    atomic_write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
