@@ -98,8 +98,10 @@ class PipelineSettings:
 
 PRESETS: dict[str, PipelineSettings] = {
     # One CPU, ~90 min: fewer rollouts than the paper, a smaller M, short CMA-ES runs, and
-    # iterative training to close the exploits a random-data M leaves open (wall hugging).
-    "doom-take-cover": PipelineSettings(),
+    # iterative training to close the exploits a random-data M leaves open (wall hugging), with
+    # 90 constant-action probes per round so that no held action survives in the dream.
+    # M continues 20 epochs per round (not 30) to keep the larger dataset within the budget.
+    "doom-take-cover": PipelineSettings(probe_episodes=90, round_mdn_epochs=20),
     # The paper's settings (REFERENCE.md section 1): 10,000 rollouts, M 512, seq 500, batch 100,
     # V lr 1e-4, population 64 x 16 rollouts, re-evaluation on 1024 rollouts every 25 generations.
     "doom-take-cover-paper": PipelineSettings(
