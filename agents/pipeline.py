@@ -5,10 +5,10 @@
 Round 1 trains on random rollouts; each later round adds the current agent's own episodes
 (iterative training). With ``probe_episodes`` every round also adds episodes of one random action
 held throughout, so that no held move looks safe in the dream. After every round the agent plays
-``val_episodes`` real episodes on the
-validation seeds (500,000+): those are the scores to compare settings by, and the round with the
-best one is the agent deployed (its M and C are kept in ``RUN/rounds/K``). The final score is
-``eval_episodes`` real episodes on the evaluation seeds (1,000,000+), played once at the end.
+``val_episodes`` real episodes on the validation seeds (500,000+): those are the scores to compare
+settings by, and the round with the best one is the agent deployed (its M and C are kept in
+``RUN/rounds/K``). The final score is ``eval_episodes`` real episodes on the evaluation seeds
+(1,000,000+), played once at the end.
 
 Each stage records its wall-clock in ``RUN/stages.json`` when it finishes and is skipped when
 the run directory already holds its finished result, so a killed pipeline resumes where it
