@@ -23,6 +23,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.evaluate import load_start_latents  # noqa: E402
+from agents.pipeline import round_dir  # noqa: E402
 from envs.episodes import atomic_write_json  # noqa: E402
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts  # noqa: E402
 from world_models.train_mdnrnn import load_mdnrnn  # noqa: E402
@@ -38,17 +39,17 @@ class Args:
     out: Path = Path("results/constant_actions.json")
 
 
-def constant_action_lengths(run_dir: Path, mdn_dir: Path, temperature: float, dreams: int, seed: int) -> dict:
+def constant_action_lengths(mdn_dir: Path, start_latents: tuple[torch.Tensor, torch.Tensor], temperature: float,
+                            dreams: int, seed: int) -> dict:
     """Mean dream length of each action held throughout, for both death rules: {rule: [per action]}."""
     mdnrnn, config = load_mdnrnn(mdn_dir, "cpu")
-    start_mu, start_log_sigma = load_start_latents(run_dir, "cpu")
     lengths = {}
     for rule in ("threshold", "sample"):
         dream_config = DreamConfig(temperature=temperature, done_mode=rule,
                                    done_weight=config.get("done_weight", 10.0))
         per_action = []
         for action in range(config["action_dim"]):
-            dream = DreamVecEnv(mdnrnn, start_mu, start_log_sigma, dreams, dream_config, seed=seed)
+            dream = DreamVecEnv(mdnrnn, *start_latents, dreams, dream_config, seed=seed)
             _, length = dream_rollouts(dream, lambda features, index, a=action: torch.full(
                 (len(features),), a, dtype=torch.long), seed=seed)
             per_action.append(round(float(length.float().mean()), 1))
@@ -59,12 +60,13 @@ def constant_action_lengths(run_dir: Path, mdn_dir: Path, temperature: float, dr
 def study_run(run_dir: Path, dreams: int, seed: int) -> list[dict]:
     settings = json.loads((run_dir / "pipeline_config.json").read_text())
     stages = json.loads((run_dir / "stages.json").read_text())
+    start_latents = load_start_latents(run_dir, "cpu")  # shared by every round: one latent cache per run
     rows = []
     for k in range(1, settings["iterations"] + 1):
-        if not (run_dir / "rounds" / str(k) / "mdnrnn").is_dir():
+        if not (round_dir(run_dir, k) / "mdnrnn").is_dir():
             break
         validation = stages.get("validate" if k == 1 else f"validate_{k}", {}).get("summary", {}).get("mean")
-        lengths = constant_action_lengths(run_dir, run_dir / "rounds" / str(k), settings["temperature"], dreams, seed)
+        lengths = constant_action_lengths(round_dir(run_dir, k), start_latents, settings["temperature"], dreams, seed)
         rows.append({"round": k, "validation_mean": validation, "dream_length_threshold": lengths["threshold"],
                      "dream_length_sample": lengths["sample"]})
         print(f"{run_dir.name} round {k}: validation {validation}, dream length per constant action "
