@@ -86,14 +86,14 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     for k in range(1, s.iterations + 1):
         _train_round(k, s, run_dir, data, stages, common, progress)
     _select_round(stages, s, run_dir)
-    result = _play_real(stages, _name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes)
+    result = _play_real(stages, stage_name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes)
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
     learning_curve(run_dir)
     return summary
 
 
-def _name(stage: str, k: int) -> str:
+def stage_name(stage: str, k: int) -> str:
     """Stage names of round k: ``mdnrnn``, ``controller``, ... in round 1, ``mdnrnn_2``, ... later."""
     return stage if k == 1 else f"{stage}_{k}"
 
@@ -110,21 +110,21 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
 
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
-        stages.run(_name("collect", k), collect_to(_collected(s, k) - s.probe_episodes, policy="agent",
+        stages.run(stage_name("collect", k), collect_to(_collected(s, k) - s.probe_episodes, policy="agent",
                                                    policy_factory=factory), dataclasses.asdict)
     if s.probe_episodes:
-        stages.run(_name("probe", k), collect_to(_collected(s, k), policy="constant"), dataclasses.asdict)
-    stages.run(_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
+        stages.run(stage_name("probe", k), collect_to(_collected(s, k), policy="constant"), dataclasses.asdict)
+    stages.run(stage_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
         run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
         batch_size=s.mdn_batch, epochs=s.mdn_epochs + (k - 1) * s.round_mdn_epochs, lr=s.mdn_lr,
         keep_best=s.mdn_keep_best, patience=s.mdn_patience, seed=s.seed, **common)))
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
-    stages.run(_name("controller", k), lambda: _train_controllers(
+    stages.run(stage_name("controller", k), lambda: _train_controllers(
         k, s, run_dir, generations + (s.final_generations if last else 0),
         s.restarts + (s.final_restarts if last else 0), common))
     if s.val_episodes:
-        _play_real(stages, _name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
+        _play_real(stages, stage_name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
 
 
@@ -146,7 +146,7 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
             max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population,
             rollouts=s.rollouts, eval_every=s.eval_every, eval_rollouts=s.eval_rollouts,
             include_cell=s.include_cell, seed=s.seed + r,
-            state_dir=_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
+            state_dir=stage_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
             warm_start=s.warm_start and k > 1, **common))
         if restarts == 1:
             return summary
@@ -189,20 +189,20 @@ def _select_round(stages: Stages, s: PipelineSettings, run_dir: Path) -> None:
         return
 
     def select() -> dict:
-        scores = [stages.done[_name("validate", k)]["summary"]["mean"] for k in range(1, s.iterations + 1)]
+        scores = [stages.done[stage_name("validate", k)]["summary"]["mean"] for k in range(1, s.iterations + 1)]
         best = max(range(len(scores)), key=lambda i: (scores[i], i)) + 1
         copy_weights(round_dir(run_dir, best), run_dir)
         print(f"deploying round {best} of {s.iterations} (validation means {[round(x, 1) for x in scores]})")
         return {"round": best, "validation_means": scores}
 
-    stages.run(_name("select", s.iterations), select)
+    stages.run(stage_name("select", s.iterations), select)
 
 
 def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:
     real_frames = sum(len(episode) for _, episode in iter_episodes(data))
     selected = [stage["summary"]["round"] for name, stage in stages.done.items() if name.startswith("select")]
     deployed = selected[-1] if selected else None
-    controller = _name("controller", deployed) if deployed else _last(stages, "controller")
+    controller = stage_name("controller", deployed) if deployed else _last(stages, "controller")
     return {
         "command": "python train.py " + shlex.join(sys.argv[1:]),
         "deployed_round": deployed,

@@ -23,7 +23,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.evaluate import load_start_latents  # noqa: E402
-from agents.pipeline import round_dir  # noqa: E402
+from agents.pipeline import round_dir, stage_name  # noqa: E402
 from envs.episodes import atomic_write_json  # noqa: E402
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts  # noqa: E402
 from world_models.train_mdnrnn import load_mdnrnn  # noqa: E402
@@ -65,7 +65,7 @@ def study_run(run_dir: Path, dreams: int, seed: int) -> list[dict]:
     for k in range(1, settings["iterations"] + 1):
         if not (round_dir(run_dir, k) / "mdnrnn").is_dir():
             break
-        validation = stages.get("validate" if k == 1 else f"validate_{k}", {}).get("summary", {}).get("mean")
+        validation = stages.get(stage_name("validate", k), {}).get("summary", {}).get("mean")
         lengths = constant_action_lengths(round_dir(run_dir, k), start_latents, settings["temperature"], dreams, seed)
         rows.append({"round": k, "validation_mean": validation, "dream_length_threshold": lengths["threshold"],
                      "dream_length_sample": lengths["sample"]})
