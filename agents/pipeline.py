@@ -26,14 +26,16 @@ import time
 from pathlib import Path
 
 from agents.agent import CONTROLLER_DIR, agent_policy_factory, copy_weights
-from agents.evaluate import evaluate_real
+from agents.evaluate import evaluate_real, load_start_latents
 from agents.presets import PipelineSettings
 from agents.report import learning_curve
 from agents.train_controller import ControllerConfig, train_controller
 from envs.collect import collect
 from envs.episodes import atomic_write_json, iter_episodes
 from envs.errors import UserError
-from world_models.train_mdnrnn import MDNRNNConfig, train_mdnrnn
+from world_models.dream import DreamConfig, held_action_lengths
+from world_models.runlog import resolve_device
+from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
@@ -69,8 +71,10 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     if settings.restarts < 1 or settings.final_restarts < 0 or (most_restarts > 1 and settings.val_episodes < 1):
         raise UserError("--restarts must be at least 1 and --final-restarts at least 0; more than one CMA-ES "
                         "run per round needs --val-episodes > 0 to choose by")
-    if settings.probe_episodes < 0:
-        raise UserError("--probe-episodes must be at least 0")
+    if min(settings.probe_episodes, settings.extra_probe_episodes, settings.max_extra_probes) < 0 \
+            or settings.held_action_limit < 0:
+        raise UserError("--probe-episodes, --extra-probe-episodes, --max-extra-probes and --held-action-limit "
+                        "must be at least 0")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "pipeline_config.json", {"preset": preset, **dataclasses.asdict(settings)})
@@ -104,20 +108,27 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     collects with the current agent (plus exploration noise), so that M sees what C's favourite
     moves really lead to, continues M on all the data and trains C afresh (or from the current C)
     in the new dream. With ``probe_episodes``, every round also adds episodes of one action held
-    throughout. Every round ends with a real-env score on the validation seeds."""
+    throughout; with ``held_action_limit``, more of them until M lets no held action live long.
+    Every round ends with a real-env score on the validation seeds."""
     def collect_to(total: int, **policy):
         return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, progress=progress, **policy)
 
+    def train_m():  # epochs count from M's first round, so a round continues the last one's M
+        return train_mdnrnn(MDNRNNConfig(
+            run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
+            batch_size=s.mdn_batch, epochs=_mdn_epochs(s, k, stages), lr=s.mdn_lr, keep_best=s.mdn_keep_best,
+            patience=s.mdn_patience, seed=s.seed, **common))
+
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
-        stages.run(stage_name("collect", k), collect_to(_collected(s, k) - s.probe_episodes, policy="agent",
+        stages.run(stage_name("collect", k), collect_to(_collected(s, k, stages) - s.probe_episodes, policy="agent",
                                                    policy_factory=factory), dataclasses.asdict)
     if s.probe_episodes:
-        stages.run(stage_name("probe", k), collect_to(_collected(s, k), policy="constant"), dataclasses.asdict)
-    stages.run(stage_name("mdnrnn", k), lambda: train_mdnrnn(MDNRNNConfig(  # epochs count from M's first round
-        run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
-        batch_size=s.mdn_batch, epochs=s.mdn_epochs + (k - 1) * s.round_mdn_epochs, lr=s.mdn_lr,
-        keep_best=s.mdn_keep_best, patience=s.mdn_patience, seed=s.seed, **common)))
+        stages.run(stage_name("probe", k), collect_to(_collected(s, k, stages), policy="constant"),
+                   dataclasses.asdict)
+    stages.run(stage_name("mdnrnn", k), train_m)
+    if s.held_action_limit:
+        _close_held_actions(k, s, run_dir, stages, common["device"], collect_to, train_m)
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
     stages.run(stage_name("controller", k), lambda: _train_controllers(
@@ -128,10 +139,51 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
 
 
-def _collected(s: PipelineSettings, k: int) -> int:
+def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stages, device: str, collect_to,
+                        train_m) -> None:
+    """Adaptive probes: while M lets a held action live longer than ``held_action_limit`` dream
+    steps, add ``extra_probe_episodes`` probes and continue M (at most ``max_extra_probes`` times).
+    Each measurement is a stage of its own, the last one that of the M the controller trains in."""
+    for passes in range(s.max_extra_probes + 1):
+        longest = _held_actions(k, passes, s, run_dir, stages, device)["longest"]
+        if longest <= s.held_action_limit or passes == s.max_extra_probes:
+            return
+        stages.run(stage_name(f"probe_extra{passes + 1}", k),
+                   collect_to(_collected(s, k, stages) + s.extra_probe_episodes, policy="constant"),
+                   dataclasses.asdict)
+        stages.run(stage_name(f"mdnrnn_extra{passes + 1}", k), train_m)
+
+
+def _held_actions(k: int, passes: int, s: PipelineSettings, run_dir: Path, stages: Stages, device: str) -> dict:
+    """Stage: how long the current M lets each action held throughout live (mean dream steps)."""
+    def measure() -> dict:
+        mdnrnn, config = load_mdnrnn(run_dir, resolve_device(device))
+        if not mdnrnn.discrete_actions:
+            raise UserError("--held-action-limit needs an env with discrete actions; set it to 0")
+        dream_config = DreamConfig(temperature=s.temperature, done_mode=s.done_mode,
+                                   done_weight=config.get("done_weight", 10.0), max_episode_steps=s.dream_max_steps)
+        start_mu, start_log_sigma = load_start_latents(run_dir, next(mdnrnn.parameters()).device)
+        lengths = held_action_lengths(mdnrnn, start_mu, start_log_sigma, dream_config, seed=s.seed)
+        print(f"round {k}: held actions live {lengths} dream steps (limit {s.held_action_limit:g})", flush=True)
+        return {"dream_length_per_action": lengths, "longest": max(lengths)}
+
+    return stages.run(stage_name(f"held_actions{passes}", k), measure)
+
+
+def _extra_probe_passes(stages: Stages) -> int:
+    return sum(name.startswith("probe_extra") for name in stages.done)
+
+
+def _mdn_epochs(s: PipelineSettings, k: int, stages: Stages) -> int:
+    """M's epoch target: its first round's, each later round's and each extra-probe pass's epochs."""
+    return s.mdn_epochs + (k - 1) * s.round_mdn_epochs + _extra_probe_passes(stages) * s.extra_mdn_epochs
+
+
+def _collected(s: PipelineSettings, k: int, stages: Stages) -> int:
     """Episodes in the dataset once round k has collected: the random rollouts, the agent's
-    episodes of rounds 2..k and every round's probes."""
-    return s.episodes + (k - 1) * s.iteration_episodes + k * s.probe_episodes
+    episodes of rounds 2..k, every round's probes and the extra probes added so far."""
+    return (s.episodes + (k - 1) * s.iteration_episodes + k * s.probe_episodes
+            + _extra_probe_passes(stages) * s.extra_probe_episodes)
 
 
 def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, restarts: int,

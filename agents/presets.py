@@ -68,6 +68,19 @@ class PipelineSettings:
     added to the data after V in round 1 and after the agent's episodes in later rounds. The
     cheapest exploit of a dream is a constant action that M believes survives (running into a
     wall); the agent's own episodes teach M only about the action it used, and another one opens."""
+    held_action_limit: float = 0.0
+    """Adaptive probes: after each round's M, play every action held throughout in 64 dreams (the
+    round's temperature and death rule, ~10 s); while one lives longer than this many dream steps
+    on average, add ``extra_probe_episodes`` probes and train M ``extra_mdn_epochs`` more, at most
+    ``max_extra_probes`` times per round (0 turns the check off). In the real env a held action
+    dies at ~164 steps; a round whose M let one live ~900 steps trained a controller on that
+    exploit, while every round at <= 260 steps that found a policy found a real one."""
+    extra_probe_episodes: int = 30
+    """Probe episodes added by each pass of the held-action check."""
+    extra_mdn_epochs: int = 10
+    """Epochs M trains on all the data after each pass's extra probes."""
+    max_extra_probes: int = 3
+    """Passes of extra probes per round at most (the controller trains on the last M either way)."""
     exploration: float = 0.1
     """Probability of a random action when collecting with the agent."""
     round_mdn_epochs: int = 30

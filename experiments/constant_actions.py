@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.evaluate import load_start_latents  # noqa: E402
 from agents.pipeline import round_dir, stage_name  # noqa: E402
 from envs.episodes import atomic_write_json  # noqa: E402
-from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts  # noqa: E402
+from world_models.dream import DreamConfig, held_action_lengths  # noqa: E402
 from world_models.train_mdnrnn import load_mdnrnn  # noqa: E402
 
 
@@ -43,18 +43,9 @@ def constant_action_lengths(mdn_dir: Path, start_latents: tuple[torch.Tensor, to
                             dreams: int, seed: int) -> dict:
     """Mean dream length of each action held throughout, for both death rules: {rule: [per action]}."""
     mdnrnn, config = load_mdnrnn(mdn_dir, "cpu")
-    lengths = {}
-    for rule in ("threshold", "sample"):
-        dream_config = DreamConfig(temperature=temperature, done_mode=rule,
-                                   done_weight=config.get("done_weight", 10.0))
-        per_action = []
-        for action in range(config["action_dim"]):
-            dream = DreamVecEnv(mdnrnn, *start_latents, dreams, dream_config, seed=seed)
-            _, length = dream_rollouts(dream, lambda features, index, a=action: torch.full(
-                (len(features),), a, dtype=torch.long), seed=seed)
-            per_action.append(round(float(length.float().mean()), 1))
-        lengths[rule] = per_action
-    return lengths
+    return {rule: held_action_lengths(mdnrnn, *start_latents, DreamConfig(
+        temperature=temperature, done_mode=rule, done_weight=config.get("done_weight", 10.0)), dreams, seed)
+        for rule in ("threshold", "sample")}
 
 
 def study_run(run_dir: Path, dreams: int, seed: int) -> list[dict]:

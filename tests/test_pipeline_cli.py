@@ -210,3 +210,29 @@ def test_probe_episodes_hold_one_action_each_round(tmp_path):
     error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
                                "--probe-episodes", -1))
     assert "--probe-episodes" in error
+
+
+def test_held_action_check_adds_probes_until_the_limit_or_the_cap(tmp_path):
+    from envs.episodes import iter_episodes, seed_of
+
+    run_dir = tmp_path / "pipe"
+    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
+           "--iterations", 2, "--iteration-episodes", 2, "--round-mdn-epochs", 1, "--first-round-generations", 1,
+           "--held-action-limit", 1, "--extra-probe-episodes", 2, "--max-extra-probes", 1, "--extra-mdn-epochs", 1,
+           "--no-progress"))
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert list(stages)[2:8] == ["mdnrnn", "held_actions0", "probe_extra1", "mdnrnn_extra1", "held_actions1",
+                                 "controller"]  # every held action outlives 1 step: one pass, then the cap
+    assert list(stages)[10:15] == ["mdnrnn_2", "held_actions0_2", "probe_extra1_2", "mdnrnn_extra1_2",
+                                   "held_actions1_2"]
+    assert len(stages["held_actions1"]["summary"]["dream_length_per_action"]) == 3  # TakeCover: 3 actions
+    assert stages["mdnrnn_extra1_2"]["summary"]["epoch"] == 2 + 1 + 2 * 1  # first round, round 2, two passes
+    episodes = {seed_of(path): episode for path, episode in iter_episodes(run_dir / "data")}
+    assert sorted(episodes) == list(range(4 + 2 + 2 + 2))  # random, extra probes, agent, extra probes
+    assert all(len(set(episodes[seed].actions.tolist())) == 1 for seed in (4, 5, 8, 9))
+
+    loose = tmp_path / "loose"
+    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", loose, "--episodes", 4,
+           "--held-action-limit", 10_000, "--no-progress"))
+    stages = list(json.loads((loose / "stages.json").read_text()))
+    assert "held_actions0" in stages and not any(name.startswith("probe_extra") for name in stages)
