@@ -29,11 +29,11 @@ from agents.agent import CONTROLLER_DIR, agent_policy_factory, copy_weights
 from agents.evaluate import evaluate_real, load_start_latents
 from agents.presets import PipelineSettings
 from agents.report import learning_curve
-from agents.train_controller import ControllerConfig, train_controller
+from agents.train_controller import ControllerConfig, dream_config, train_controller
 from envs.collect import collect
 from envs.episodes import atomic_write_json, iter_episodes
 from envs.errors import UserError
-from world_models.dream import DreamConfig, held_action_lengths
+from world_models.dream import held_action_lengths
 from world_models.runlog import resolve_device
 from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
@@ -128,7 +128,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
                    dataclasses.asdict)
     stages.run(stage_name("mdnrnn", k), train_m)
     if s.held_action_limit:
-        _close_held_actions(k, s, run_dir, stages, common["device"], collect_to, train_m)
+        _close_held_actions(k, s, run_dir, stages, common, collect_to, train_m)
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
     stages.run(stage_name("controller", k), lambda: _train_controllers(
@@ -139,13 +139,13 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
 
 
-def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stages, device: str, collect_to,
+def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stages, common: dict, collect_to,
                         train_m) -> None:
     """Adaptive probes: while M lets a held action live longer than ``held_action_limit`` dream
     steps, add ``extra_probe_episodes`` probes and continue M (at most ``max_extra_probes`` times).
     Each measurement is a stage of its own, the last one that of the M the controller trains in."""
     for passes in range(s.max_extra_probes + 1):
-        longest = _held_actions(k, passes, s, run_dir, stages, device)["longest"]
+        longest = _held_actions(k, passes, s, run_dir, stages, common)["longest"]
         if longest <= s.held_action_limit or passes == s.max_extra_probes:
             return
         stages.run(stage_name(f"probe_extra{passes + 1}", k),
@@ -154,16 +154,15 @@ def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stag
         stages.run(stage_name(f"mdnrnn_extra{passes + 1}", k), train_m)
 
 
-def _held_actions(k: int, passes: int, s: PipelineSettings, run_dir: Path, stages: Stages, device: str) -> dict:
+def _held_actions(k: int, passes: int, s: PipelineSettings, run_dir: Path, stages: Stages, common: dict) -> dict:
     """Stage: how long the current M lets each action held throughout live (mean dream steps)."""
     def measure() -> dict:
-        mdnrnn, config = load_mdnrnn(run_dir, resolve_device(device))
+        device = resolve_device(common["device"])
+        mdnrnn, mdn_config = load_mdnrnn(run_dir, device)
         if not mdnrnn.discrete_actions:
             raise UserError("--held-action-limit needs an env with discrete actions; set it to 0")
-        dream_config = DreamConfig(temperature=s.temperature, done_mode=s.done_mode,
-                                   done_weight=config.get("done_weight", 10.0), max_episode_steps=s.dream_max_steps)
-        start_mu, start_log_sigma = load_start_latents(run_dir, next(mdnrnn.parameters()).device)
-        lengths = held_action_lengths(mdnrnn, start_mu, start_log_sigma, dream_config, seed=s.seed)
+        dream = dream_config(_controller_config(s, run_dir, common), mdn_config)  # the dream C will train in
+        lengths = held_action_lengths(mdnrnn, *load_start_latents(run_dir, device), dream, seed=s.seed)
         print(f"round {k}: held actions live {lengths} dream steps (limit {s.held_action_limit:g})", flush=True)
         return {"dream_length_per_action": lengths, "longest": max(lengths)}
 
@@ -186,6 +185,14 @@ def _collected(s: PipelineSettings, k: int, stages: Stages) -> int:
             + _extra_probe_passes(stages) * s.extra_probe_episodes)
 
 
+def _controller_config(s: PipelineSettings, run_dir: Path, common: dict, **overrides) -> ControllerConfig:
+    """CMA-ES in the dream with the run's settings (the dream's temperature, death rule and length)."""
+    return ControllerConfig(
+        run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, max_episode_steps=s.dream_max_steps,
+        done_mode=s.done_mode, population=s.population, rollouts=s.rollouts, eval_every=s.eval_every,
+        eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, **common, **overrides)
+
+
 def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, restarts: int,
                        common: dict) -> dict:
     """C of round k: ``restarts`` CMA-ES runs in the same dream (seeds seed, seed + 1, ...). With
@@ -193,13 +200,10 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
     ``RUN/rounds/K/restartR`` and the best one on validation becomes the round's controller."""
     runs, validation_seeds = [], _seeds(VALIDATION_SEED, s.val_episodes)
     for r in range(restarts):
-        summary = train_controller(ControllerConfig(
-            run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, generations=generations,
-            max_episode_steps=s.dream_max_steps, done_mode=s.done_mode, population=s.population,
-            rollouts=s.rollouts, eval_every=s.eval_every, eval_rollouts=s.eval_rollouts,
-            include_cell=s.include_cell, seed=s.seed + r,
+        summary = train_controller(_controller_config(
+            s, run_dir, common, generations=generations, seed=s.seed + r,
             state_dir=stage_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
-            warm_start=s.warm_start and k > 1, **common))
+            warm_start=s.warm_start and k > 1))
         if restarts == 1:
             return summary
         summary["validation"] = evaluate_real(run_dir, s.env, validation_seeds, s.workers).mean
