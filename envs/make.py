@@ -29,6 +29,7 @@ OBS_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
 
 # World Models' Doom protocol: episodes end at 2100 steps (take_cover.cfg has no timeout).
 WORLD_MODELS_DOOM_LIMITS = {"VizdoomTakeCover-v1": 2100}
+VIZDOOM_DIR = "_vizdoom"  # relative to the working directory, where ViZDoom puts it
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ def _import_family(family: Family) -> None:
         gym.register_envs(module)
     elif family is VIZDOOM:
         importlib.import_module("vizdoom.gymnasium_wrapper")
+        # Each DoomGame writes into ./_vizdoom/ and creates it when missing; two worker processes
+        # racing to create it crash one of them (SIGSEGV, "Failed to create ./_vizdoom/"), so it
+        # is made here first (exist_ok: safe when workers do it at once).
+        os.makedirs(VIZDOOM_DIR, exist_ok=True)
 
 
 def preprocess_frame(frame: np.ndarray, family: Family) -> np.ndarray:

@@ -79,3 +79,12 @@ def test_missing_family_package_names_the_fix(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_box2d)
     with pytest.raises(UserError, match="box2d"):
         make_env("CarRacing-v3")
+
+
+def test_vizdoom_dir_is_made_before_any_game_starts(tmp_path, monkeypatch):
+    """Worker processes starting ViZDoom at once raced to create ./_vizdoom/ and one crashed
+    (SIGSEGV); make_env creates it first, even when no game starts (here: an unknown map)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError):
+        make_env("VizdoomNoSuchMap-v1")
+    assert (tmp_path / "_vizdoom").is_dir()
