@@ -39,26 +39,42 @@ from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
+UNFINISHED_FILE = "stages_unfinished.json"  # wall-clock of stage invocations that did not finish
 ROUNDS_DIR = "rounds"
 VALIDATION_SEED = 500_000  # per-round real scores, the ones to look at when choosing settings
 EVAL_SEED = 1_000_000  # the final evaluation: never a collection or validation seed
 
 
 class Stages:
-    """Which stages a run has finished, with their wall-clock and summaries (``RUN/stages.json``)."""
+    """Which stages a run has finished, with their wall-clock and summaries (``RUN/stages.json``).
+
+    A stage's ``seconds`` is its whole wall-clock: the time of invocations that stopped on an
+    exception (Ctrl-C included) is kept in ``RUN/stages_unfinished.json`` and added when the stage
+    finishes, so a resumed run does not under-report. A process killed outright (SIGKILL) cannot
+    record its time."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / STAGES_FILE
+        self.unfinished_path = Path(run_dir) / UNFINISHED_FILE
         self.done: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.unfinished: dict = json.loads(self.unfinished_path.read_text()) if self.unfinished_path.exists() else {}
 
     def run(self, name: str, work, describe=lambda result: result) -> dict:
         if name in self.done:
             print(f"[{name}] already done ({self.done[name]['seconds']:.0f}s): skipped")
             return self.done[name]["summary"]
-        print(f"[{name}] started", flush=True)
+        earlier = self.unfinished.get(name, 0.0)
+        print(f"[{name}] started" + (f" (again; {earlier:.0f}s spent before)" if earlier else ""), flush=True)
         start = time.perf_counter()
-        summary = describe(work())
-        self.done[name] = {"seconds": round(time.perf_counter() - start, 1), "summary": summary}
+        try:
+            summary = describe(work())
+        except BaseException:
+            self.unfinished[name] = round(earlier + time.perf_counter() - start, 1)
+            atomic_write_json(self.unfinished_path, self.unfinished)
+            raise
+        self.done[name] = {"seconds": round(earlier + time.perf_counter() - start, 1), "summary": summary}
+        if earlier:
+            self.done[name]["seconds_before_resume"] = earlier
         atomic_write_json(self.path, self.done)
         print(f"[{name}] done in {self.done[name]['seconds']:.0f}s", flush=True)
         return summary

@@ -163,6 +163,23 @@ def test_the_round_best_on_validation_seeds_is_deployed(tmp_path, scores, deploy
     assert not (tmp_path / "other").exists()  # off: the last round's agent stays deployed
 
 
+def test_a_resumed_stage_counts_the_time_of_its_interrupted_invocation(tmp_path):
+    import time
+
+    from agents.pipeline import Stages
+
+    def interrupted():
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Stages(tmp_path).run("collect", interrupted)
+    assert "collect" not in Stages(tmp_path).done  # not finished: it will run again
+    Stages(tmp_path).run("collect", lambda: {"episodes": 1})  # a new process resumes
+    stage = json.loads((tmp_path / "stages.json").read_text())["collect"]
+    assert stage["summary"] == {"episodes": 1}
+    assert stage["seconds"] >= stage["seconds_before_resume"] >= 0.3
+
 def test_cmaes_restarts_keep_the_best_on_validation(tmp_path):
     run_dir = tmp_path / "pipe"
     ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
