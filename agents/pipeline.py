@@ -87,6 +87,9 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     if settings.restarts < 1 or settings.final_restarts < 0 or (most_restarts > 1 and settings.val_episodes < 1):
         raise UserError("--restarts must be at least 1 and --final-restarts at least 0; more than one CMA-ES "
                         "run per round needs --val-episodes > 0 to choose by")
+    if settings.done_critics < 0 or (settings.done_critics and settings.val_episodes < 1):
+        raise UserError("--done-critics must be at least 0, and needs --val-episodes > 0 (earlier rounds' Ms "
+                        "are kept after their validation)")
     if min(settings.probe_episodes, settings.extra_probe_episodes, settings.max_extra_probes) < 0 \
             or settings.held_action_limit < 0:
         raise UserError("--probe-episodes, --extra-probe-episodes, --max-extra-probes and --held-action-limit "
@@ -218,6 +221,7 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
     for r in range(restarts):
         summary = train_controller(_controller_config(
             s, run_dir, common, generations=generations, seed=s.seed + r,
+            done_critics=tuple(round_dir(run_dir, k - j) for j in range(1, min(s.done_critics, k - 1) + 1)),
             state_dir=stage_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
             warm_start=s.warm_start and k > 1))
         if restarts == 1:

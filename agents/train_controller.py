@@ -25,6 +25,7 @@ from agents.npg_train import RealFeatureEnv, train_npg
 from envs.errors import UserError
 from envs.make import make_env
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
+from world_models.mdnrnn import MDNRNN
 from world_models.runlog import RunLogger, resolve_device
 from world_models.train_mdnrnn import load_mdnrnn
 from world_models.train_vae import load_vae
@@ -64,6 +65,10 @@ class ControllerConfig:
     (Bernoulli of p calibrated for the weight M's done loss gave deaths: a per-step hazard, so a death
     that M cannot time precisely still happens in the dream about as often as in reality)."""
     done_threshold: float = 0.5
+    done_critics: tuple[Path, ...] = ()
+    """Run (or round) directories whose M also decides deaths in the dream: a dream dies where the
+    most pessimistic of them and the run's M predicts death, so C cannot live on one M's missed
+    deaths. They must share the run's V (e.g. an earlier round's M, ``RUN/rounds/K``)."""
     max_episode_steps: int = 2100
     npg_envs: int = 256
     """NPG: parallel envs per batch (dream) — real uses --workers envs."""
@@ -100,6 +105,16 @@ def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
                        max_episode_steps=config.max_episode_steps, include_cell=config.include_cell)
 
 
+def load_critic(directory: Path, mdn_config: dict, device) -> MDNRNN:
+    """The M of ``directory`` as a death critic for a dream of the M with ``mdn_config``."""
+    critic, critic_config = load_mdnrnn(directory, device)  # a missing M is a UserError there
+    same = ("env_id", "z_dim", "action_dim", "discrete_actions")
+    if any(critic_config.get(key) != mdn_config.get(key) for key in same):
+        raise UserError(f"--done-critics {directory}: its M is for another env or latent size "
+                        f"({', '.join(f'{k}={critic_config.get(k)}' for k in same)}); use an M of this run's V")
+    return critic
+
+
 def train_controller(config: ControllerConfig) -> dict:
     """Train C; returns a summary with the best fitness and where the controller was saved."""
     if config.generations < 1 or config.population < 2 or config.rollouts < 1:
@@ -109,12 +124,14 @@ def train_controller(config: ControllerConfig) -> dict:
     spec = controller_spec(mdn_config, config)
     dream = dream_config(config, mdn_config)
     start_mu, start_log_sigma = load_start_latents(config.run_dir, device)
+    critics = [load_critic(Path(directory), mdn_config, device) for directory in config.done_critics]
 
     def make_dream(num_envs: int, seed: int = config.seed) -> DreamVecEnv:
-        return DreamVecEnv(mdnrnn, start_mu, start_log_sigma, num_envs, dream, seed=seed)
+        return DreamVecEnv(mdnrnn, start_mu, start_log_sigma, num_envs, dream, seed=seed, critics=critics)
 
     info = {"env_id": mdn_config["env_id"], "algo": config.algo, "where": config.where,
-            "include_cell": config.include_cell, "dream": dataclasses.asdict(dream)}
+            "include_cell": config.include_cell, "dream": dataclasses.asdict(dream),
+            "done_critics": [str(directory) for directory in config.done_critics]}
     logger = RunLogger(config.run_dir, config, f"controller_{config.algo}_{config.where}", config.wandb_mode)
     try:
         if config.algo == "cmaes":

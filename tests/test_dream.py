@@ -182,6 +182,42 @@ def test_compact_keeps_the_state_of_the_dreams_it_keeps() -> None:
     assert torch.equal(env.steps, steps[keep])
 
 
+def mortal_model(seed: int) -> MDNRNN:
+    """An M whose done head depends on the state, so its dreams die at uneven steps."""
+    torch.manual_seed(seed)
+    mdn = MDNRNN(Z, ACTIONS, True, hidden=HIDDEN, mixtures=3)
+    with torch.no_grad():
+        mdn.done_head.weight.mul_(30.0)
+        mdn.done_head.bias.fill_(-3.0)
+    return mdn
+
+
+def first_episodes(critics: list[MDNRNN], num_envs: int = 32, seed: int = 3) -> torch.Tensor:
+    start_mu = torch.randn(10, Z, generator=torch.Generator().manual_seed(1))
+    env = DreamVecEnv(mortal_model(0), start_mu, torch.full((10, Z), -2.0), num_envs,
+                      DreamConfig(max_episode_steps=200), seed=seed, critics=critics)
+    _, lengths = dream_rollouts(env, lambda features, index: (features[:, 0] > 0).long(), seed=seed)
+    return lengths
+
+
+def test_a_death_critic_only_adds_deaths_to_the_same_dreams() -> None:
+    alone = first_episodes([])
+    assert alone.unique().numel() > 3  # uneven deaths: compaction is exercised
+    assert torch.equal(first_episodes([mortal_model(0)]), alone)  # a critic equal to M changes nothing
+    assert torch.equal(first_episodes([model(done_bias=-20.0)]), alone)  # a critic that never predicts death
+    assert first_episodes([model(done_bias=20.0)]).tolist() == [1] * 32  # one that always does
+    # one dream at a time (compaction re-deals the sampling noise): M moves z, the critic only kills
+    alone, with_critic = (torch.cat([first_episodes(critics, 1, seed) for seed in range(16)])
+                          for critics in ([], [mortal_model(1)]))
+    assert (with_critic <= alone).all() and (with_critic < alone).any()
+
+
+def test_a_death_critic_must_share_the_latent_and_action_space() -> None:
+    other = MDNRNN(Z + 1, ACTIONS, True, hidden=HIDDEN, mixtures=3)
+    with pytest.raises(ValueError, match="latent size and action space"):
+        DreamVecEnv(model(), torch.zeros(1, Z), torch.zeros(1, Z), 2, critics=[other])
+
+
 def test_render_decodes_every_dream_through_v() -> None:
     env = dream(num_envs=3, vae=ConvVAE(z_dim=Z).eval())
     env.reset(seed=0)

@@ -195,18 +195,22 @@ def test_cmaes_restarts_keep_the_best_on_validation(tmp_path):
     assert "--val-episodes" in error
 
 
-def test_final_restarts_only_in_the_last_round(tmp_path):
+def test_final_restarts_only_in_the_last_round_with_the_last_rounds_m_as_death_critic(tmp_path):
     run_dir = tmp_path / "pipe"
     ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
-           "--iterations", 2, "--final-restarts", 1, "--no-progress"))
+           "--iterations", 2, "--final-restarts", 1, "--done-critics", 1, "--no-progress"))
     stages = json.loads((run_dir / "stages.json").read_text())
     assert "restarts" not in stages["controller"]["summary"]  # round 1: one CMA-ES run
     last = stages["controller_2"]["summary"]
     assert len(last["restarts"]) == 2 and (run_dir / "cmaes_dream_2_restart1").is_dir()
     assert not (run_dir / "cmaes_dream_restart1").exists()
-    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                               "--final-restarts", 1, "--val-episodes", 0))
-    assert "--val-episodes" in error
+    critics = [json.loads((run_dir / "rounds" / str(k) / "controller" / "model.json").read_text())["done_critics"]
+               for k in (1, 2)]
+    assert critics == [[], [str(run_dir / "rounds" / "1")]]  # round 2's C also died where round 1's M said so
+    for flag in ("--final-restarts", "--done-critics"):
+        error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
+                                   flag, 1, "--val-episodes", 0))
+        assert "--val-episodes" in error
 
 
 def test_probe_episodes_hold_one_action_each_round(tmp_path):

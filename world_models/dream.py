@@ -14,6 +14,7 @@ where h_t is M's state after (z_{t-1}, a_{t-1}): the World Models controller inp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -64,8 +65,16 @@ class DreamVecEnv(VectorEnv):
 
     def __init__(self, mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma: torch.Tensor, num_envs: int,
                  config: DreamConfig | None = None, vae=None, seed: int | None = None,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, critics: Sequence[MDNRNN] = ()) -> None:
+        """``critics``: more Ms (same V, same actions) stepped alongside on the dream's own z and
+        actions; a dream dies where the most pessimistic of them and M says so (largest done
+        logit), so a controller cannot live on one M's missed deaths. M alone moves z and feeds C."""
         self.model = mdnrnn.eval()
+        self.critics = [critic.eval() for critic in critics]
+        for critic in self.critics:
+            if (critic.z_dim, critic.action_dim, critic.discrete_actions) != \
+                    (mdnrnn.z_dim, mdnrnn.action_dim, mdnrnn.discrete_actions):
+                raise ValueError("a death critic must share M's latent size and action space")
         self.device = next(mdnrnn.parameters()).device
         self.config = config or DreamConfig()
         self.start_mu = start_mu.to(self.device)
@@ -85,6 +94,7 @@ class DreamVecEnv(VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self._needs_reset = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self.z = self.carry = self.steps = None
+        self.critic_carries: list = []
 
     # ---- torch-native API -------------------------------------------------------------
     @torch.no_grad()
@@ -96,6 +106,7 @@ class DreamVecEnv(VectorEnv):
         self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.z = self._start_latents(self.num_envs)
         self.carry = self.model.initial_carry(self.num_envs, self.device)
+        self.critic_carries = [critic.initial_carry(self.num_envs, self.device) for critic in self.critics]
         self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         return self.features()
 
@@ -111,12 +122,13 @@ class DreamVecEnv(VectorEnv):
         """
         resetting = self._needs_reset.clone()
         out, self.carry = self.model.step(self.z, actions, self.carry)
+        done_logit = self._pessimistic_done_logit(out.done_logit, actions)
         z_next = self.model.sample(out, self.config.temperature, self.generator)
         if self.config.done_mode == "sample":
-            p_done = torch.sigmoid(out.done_logit - math.log(self.config.done_weight))
+            p_done = torch.sigmoid(done_logit - math.log(self.config.done_weight))
             terminated = torch.rand(p_done.shape, generator=self.generator, device=self.device) < p_done
         else:
-            terminated = torch.sigmoid(out.done_logit) > self.config.done_threshold
+            terminated = torch.sigmoid(done_logit) > self.config.done_threshold
         reward = torch.ones_like(out.done_logit) if self.config.reward_mode == "survival" else out.reward
         self.z = z_next
         self.steps += 1
@@ -128,10 +140,18 @@ class DreamVecEnv(VectorEnv):
         self._needs_reset = terminated | truncated
         return self.features(), reward, terminated, truncated
 
+    def _pessimistic_done_logit(self, done_logit: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The largest done logit of M and every critic for the step (z_t, a_t) -> (B,)."""
+        for i, critic in enumerate(self.critics):
+            critic_out, self.critic_carries[i] = critic.step(self.z, actions, self.critic_carries[i])
+            done_logit = torch.maximum(done_logit, critic_out.done_logit)
+        return done_logit
+
     def compact(self, keep: torch.Tensor) -> None:
         """Drop the dreams where ``keep`` is False (their state is discarded; ``num_envs`` shrinks)."""
         self.z = self.z[keep]
         self.carry = tuple(part[:, keep].contiguous() for part in self.carry)
+        self.critic_carries = [tuple(part[:, keep].contiguous() for part in carry) for carry in self.critic_carries]
         self.steps = self.steps[keep]
         self._needs_reset = self._needs_reset[keep]
         self.num_envs = int(keep.sum())
@@ -144,9 +164,9 @@ class DreamVecEnv(VectorEnv):
     def _reset_some(self, mask: torch.Tensor) -> None:
         n = int(mask.sum())
         self.z[mask] = self._start_latents(n)
-        h, c = self.carry
-        h[:, mask] = 0.0
-        c[:, mask] = 0.0
+        for h, c in [self.carry, *self.critic_carries]:
+            h[:, mask] = 0.0
+            c[:, mask] = 0.0
         self.steps[mask] = 0
 
     # ---- Gymnasium VectorEnv API -------------------------------------------------------------
