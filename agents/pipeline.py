@@ -218,10 +218,10 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
     more than one, each plays the validation episodes, its weights are kept in
     ``RUN/rounds/K/restartR`` and the best one on validation becomes the round's controller."""
     runs, validation_seeds = [], _seeds(VALIDATION_SEED, s.val_episodes)
+    critics = tuple(round_dir(run_dir, k - j) for j in range(1, min(s.done_critics, k - 1) + 1))
     for r in range(restarts):
         summary = train_controller(_controller_config(
-            s, run_dir, common, generations=generations, seed=s.seed + r,
-            done_critics=tuple(round_dir(run_dir, k - j) for j in range(1, min(s.done_critics, k - 1) + 1)),
+            s, run_dir, common, generations=generations, seed=s.seed + r, done_critics=critics,
             state_dir=stage_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
             warm_start=s.warm_start and k > 1))
         if restarts == 1:
