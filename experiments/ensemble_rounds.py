@@ -11,7 +11,6 @@ ensemble is exactly that round's agent. Results (returns per seed) go to ``--out
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,15 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.agent import load_controller  # noqa: E402
+from agents.agent import WorldModelAgent, load_controller  # noqa: E402
 from agents.pipeline import round_dir  # noqa: E402
 from envs.collect import run_episode  # noqa: E402
+from envs.episodes import atomic_write_json  # noqa: E402
 from envs.make import make_env  # noqa: E402
 from envs.workers import WorkerPool  # noqa: E402
 from world_models.dream import controller_features  # noqa: E402
 from world_models.train_mdnrnn import load_mdnrnn  # noqa: E402
 from world_models.train_vae import load_vae  # noqa: E402
-from world_models.vae import frames_to_tensor  # noqa: E402
 
 
 @dataclass
@@ -49,26 +48,27 @@ class Args:
 
 class Ensemble:
     def __init__(self, run_dir: Path, rounds: list[int]) -> None:
-        self.vae, _ = load_vae(run_dir, "cpu")
+        vae, _ = load_vae(run_dir, "cpu")  # one V for every member: the rounds share it
         self.members = []
         for k in rounds:
             mdnrnn, _ = load_mdnrnn(round_dir(run_dir, k), "cpu")
             controller, info = load_controller(round_dir(run_dir, k), "cpu")
-            self.members.append((mdnrnn, controller, info.get("include_cell", False)))
+            self.members.append(WorldModelAgent(vae, mdnrnn, controller, info.get("include_cell", False)))
 
     def policy(self):
-        carries = [mdnrnn.initial_carry(1, "cpu") for mdnrnn, _, _ in self.members]
+        carries = [member.initial_carry(1) for member in self.members]
 
         @torch.no_grad()
         def act(observation: np.ndarray) -> int:
-            z, _ = self.vae.encode(frames_to_tensor(torch.as_tensor(observation[None])))
+            z = self.members[0].encode(observation[None])
             # probs: (members, 1, A)
-            probs = torch.stack([torch.softmax(controller(controller_features(z, carry, cell)), -1)
-                                 for (_, controller, cell), carry in zip(self.members, carries, strict=True)])
+            probs = torch.stack([
+                torch.softmax(member.controller(controller_features(z, carry, member.include_cell)), -1)
+                for member, carry in zip(self.members, carries, strict=True)])
             votes = torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).sum(0).float()
             action = (votes + 1e-3 * probs.mean(0)).argmax(-1)
-            for i, (mdnrnn, _, _) in enumerate(self.members):
-                _, carries[i] = mdnrnn.step(z, action, carries[i])
+            for i, member in enumerate(self.members):
+                _, carries[i] = member.mdnrnn.step(z, action, carries[i])
             return int(action[0])
 
         return act
@@ -86,7 +86,7 @@ def main(args: Args) -> None:
         returns = [float(r) for r in pool.map(seeds)]
     result = {"run_dir": str(args.run_dir), "rounds": args.rounds, "seeds": [seeds[0], seeds[-1]],
               "mean": float(np.mean(returns)), "std": float(np.std(returns)), "returns": returns}
-    args.out.write_text(json.dumps(result))
+    atomic_write_json(args.out, result)
     print(f"{args.run_dir} rounds {args.rounds}: {result['mean']:.1f} +- {result['std']:.1f} "
           f"over {len(seeds)} episodes")
 

@@ -150,8 +150,8 @@ class DreamVecEnv(VectorEnv):
     def compact(self, keep: torch.Tensor) -> None:
         """Drop the dreams where ``keep`` is False (their state is discarded; ``num_envs`` shrinks)."""
         self.z = self.z[keep]
-        self.carry = tuple(part[:, keep].contiguous() for part in self.carry)
-        self.critic_carries = [tuple(part[:, keep].contiguous() for part in carry) for carry in self.critic_carries]
+        self.carry, *self.critic_carries = [tuple(part[:, keep].contiguous() for part in carry)
+                                            for carry in [self.carry, *self.critic_carries]]
         self.steps = self.steps[keep]
         self._needs_reset = self._needs_reset[keep]
         self.num_envs = int(keep.sum())
