@@ -1,0 +1,106 @@
+"""Does M predict deaths better when it trains on longer sequences? (an offline probe)
+
+Trains M from scratch on a finished run's latent cache with two training sequence lengths and
+scores each on the held-out episodes run whole from reset, as the dream runs M: done loss,
+recall and precision of the dream's death rule (logit > 0), per episode length.
+
+    python experiments/seq_len_probe.py --run-dir runs/tc-v19 --seq-lens 200 1000 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from world_models.latents import LatentEpisodes
+from world_models.mdnrnn import MDNRNN
+from world_models.train_mdnrnn import epoch_chunks, length_buckets, make_batch
+
+
+def train(latents: LatentEpisodes, seq_len: int, epochs: int, z_dim: int, seed: int) -> MDNRNN:
+    torch.manual_seed(seed)
+    model = MDNRNN(z_dim, 3, True, 256, 5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        start, steps = time.perf_counter(), 0
+        for chunks in length_buckets(epoch_chunks(latents, seq_len, generator), 32, generator):
+            b = make_batch(latents, chunks, int(chunks[:, 2].max()), generator)
+            out, _ = model(b.z, b.actions)
+            loss = model.losses(out, b.z_next, b.rewards, b.terminated, b.mask, done_weight=10.0)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            steps += int(b.mask.sum())
+        print(f"seq {seq_len} epoch {epoch + 1}: {steps / (time.perf_counter() - start):.0f} steps/s", flush=True)
+    return model
+
+
+@torch.no_grad()
+def score_whole_episodes(model: MDNRNN, latents: LatentEpisodes) -> dict:
+    """Held-out episodes from reset, each whole; metrics split by episode length."""
+    model.eval()
+    lengths = latents.lengths()
+    order = torch.argsort(lengths)
+    results = {}
+    for name, keep in (("short (<400)", lengths[order] < 400), ("long (>=400)", lengths[order] >= 400)):
+        idx = order[keep]
+        if len(idx) == 0:
+            continue
+        tp = pred = actual = 0
+        bce_sum = steps = nll_sum = 0.0
+        late_death_p = []
+        for group in torch.split(idx, 32):
+            chunks = torch.stack([group, torch.zeros_like(group), lengths[group]], 1)
+            b = make_batch(latents, chunks, int(lengths[group].max()), torch.Generator().manual_seed(0))
+            out, _ = model(b.z, b.actions)
+            m, done = b.mask, b.terminated > 0.5
+            p = (out.done_logit > 0) & m
+            tp += int((p & done).sum())
+            pred += int(p.sum())
+            actual += int((done & m).sum())
+            bce = F.binary_cross_entropy_with_logits(out.done_logit, done.float(), reduction="none")
+            bce_sum += float(bce[m].sum())
+            steps += float(m.sum())
+            nll_sum += float((-model.log_prob(out, b.z_next) / model.z_dim)[m].sum())
+            late_death_p.append(torch.sigmoid(out.done_logit[done & m]))
+        results[name] = {"episodes": len(idx), "nll": nll_sum / steps, "done_bce": bce_sum / steps,
+                         "recall": tp / max(actual, 1), "precision": tp / max(pred, 1),
+                         "false_deaths_per_1000_steps": 1000 * (pred - tp) / steps,
+                         "mean_p_at_death": float(torch.cat(late_death_p).mean())}
+    model.train()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cache = args.run_dir / "latents"
+    latents = LatentEpisodes(**load_file(str(cache / "latents.safetensors")))
+    num_train = json.loads((cache / "latents.json").read_text())["num_train"]
+    train_set = latents.subset(range(num_train))
+    held_out = latents.subset(range(num_train, latents.num_episodes))
+    report = {}
+    for seq_len in args.seq_lens:
+        model = train(train_set, seq_len, args.epochs, latents.mu.shape[-1], args.seed)
+        report[str(seq_len)] = score_whole_episodes(model, held_out)
+        print(seq_len, json.dumps(report[str(seq_len)]), flush=True)
+    if args.json:
+        summary = {"run_dir": str(args.run_dir), "epochs": args.epochs, "seed": args.seed, "report": report}
+        args.json.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
