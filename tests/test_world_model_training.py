@@ -20,7 +20,7 @@ from envs.errors import ConfigMismatchError, UserError
 from world_models.data import LatentEpisodes
 from world_models.latents import build_latent_cache
 from world_models.runlog import read_metrics
-from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, length_buckets, make_batch, train_mdnrnn
+from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, make_batch, train_mdnrnn
 from world_models.train_vae import VAEConfig, load_vae, train_vae, vae_dir
 from world_models.training import DivergedError
 
@@ -221,17 +221,6 @@ def test_epoch_chunks_cover_every_step_exactly_once(seed: int) -> None:
         rows = chunks[chunks[:, 0] == episode]
         covered = sorted(t for _, start, n in rows.tolist() for t in range(start, start + n))
         assert covered == list(range(length))
-
-
-def test_length_buckets_keep_every_chunk_once_and_group_similar_lengths() -> None:
-    latents = toy_latents([5, 40, 17, 64, 3, 33, 9, 120])
-    chunks = epoch_chunks(latents, 32, torch.Generator().manual_seed(0))
-    groups = length_buckets(chunks, 3, torch.Generator().manual_seed(1))
-    assert all(len(g) <= 3 for g in groups)
-    assert sorted(map(tuple, torch.cat(groups).tolist())) == sorted(map(tuple, chunks.tolist()))
-    # sorted by length before splitting: no two batches' length ranges overlap (no wasted padding)
-    ranges = sorted((int(g[:, 2].min()), int(g[:, 2].max())) for g in groups)
-    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:], strict=False))
 
 
 def test_make_batch_pairs_each_step_with_its_next_frame_and_masks_padding() -> None:

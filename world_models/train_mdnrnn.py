@@ -2,8 +2,7 @@
 
 Every batch samples z ~ N(mu, sigma) afresh from the cached encodings (as the paper does), so
 M never re-encodes a frame. Episodes are cut into chunks of ``seq_len`` steps (a random
-offset each epoch); chunks of similar length share a batch, padded to its longest chunk, and the
-padding is masked out of every loss.
+offset each epoch); shorter chunks are padded and the padding is masked out of every loss.
 """
 
 from __future__ import annotations
@@ -42,9 +41,7 @@ class MDNRNNConfig:
     mixtures: int = 5
     """Gaussians per latent dimension."""
     seq_len: int = 100
-    """Steps per training sequence (paper Doom: 500). The dream runs M from reset for up to 2100
-    steps; a sequence as long as the episode lets M learn what only a long history tells (hits
-    taken so far, hence death), which a cut at 200 steps with a fresh state cannot."""
+    """Steps per training sequence (paper Doom: 500)."""
     batch_size: int = 32
     epochs: int = 20
     lr: float = 1e-3
@@ -125,23 +122,10 @@ def make_batch(latents: LatentEpisodes, chunks: torch.Tensor, seq_len: int,
     )
 
 
-def length_buckets(chunks: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Split shuffled chunks into batches of similar length, in random order.
-
-    Each batch is padded only to its own longest chunk, so short chunks (random-policy episodes
-    die in ~200 steps; every episode's first cut is random) no longer pay for ``seq_len``-step
-    padding: 1.4x the steps/s at seq_len 200 and 7.2x at 2100 on a TakeCover run's cache, 2 cores
-    (``benchmarks/m_batching.py``).
-    """
-    by_length = chunks[torch.argsort(chunks[:, 2], stable=True)]
-    groups = list(torch.split(by_length, batch_size))
-    return [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
-
-
 def batches(latents: LatentEpisodes, config: MDNRNNConfig, generator: torch.Generator, device):
     chunks = epoch_chunks(latents, config.seq_len, generator)
-    for group in length_buckets(chunks, config.batch_size, generator):
-        batch = make_batch(latents, group, int(group[:, 2].max()), generator)
+    for start in range(0, len(chunks), config.batch_size):
+        batch = make_batch(latents, chunks[start : start + config.batch_size], config.seq_len, generator)
         yield SequenceBatch(**{k: v.to(device) for k, v in batch.__dict__.items()})
 
 
