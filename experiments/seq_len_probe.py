@@ -15,18 +15,37 @@ done BCE 0.028-0.029 vs 0.036-0.052 on short episodes, 0.017-0.020 vs 0.028-0.04
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import tyro
 from safetensors.torch import load_file
 
-from world_models.latents import LatentEpisodes
-from world_models.mdnrnn import MDNRNN
-from world_models.train_mdnrnn import epoch_chunks, make_batch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs.episodes import atomic_write_json  # noqa: E402
+from world_models.latents import LatentEpisodes  # noqa: E402
+from world_models.mdnrnn import MDNRNN  # noqa: E402
+from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, make_batch, model_losses  # noqa: E402
+
+
+@dataclass
+class Args:
+    run_dir: Path
+    """A finished run whose latent cache (``RUN/latents``) M trains on."""
+    seq_lens: list[int] = field(default_factory=lambda: [200, 1000])
+    """Training sequence lengths to compare."""
+    epochs: int = 6
+    seed: int = 0
+    json: Path | None = None
+    """Write the report here."""
+    padded: bool = False
+    """The package's batching: every batch padded to seq_len (default: similar-length batches)."""
 
 
 def length_buckets(chunks: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -38,26 +57,28 @@ def length_buckets(chunks: torch.Tensor, batch_size: int, generator: torch.Gener
     return [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
 
 
-def train(latents: LatentEpisodes, seq_len: int, epochs: int, z_dim: int, seed: int, padded: bool = False) -> MDNRNN:
-    """padded: the earlier batching (chunks in random order, every batch padded to seq_len)."""
-    torch.manual_seed(seed)
-    model = MDNRNN(z_dim, 3, True, 256, 5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for epoch in range(epochs):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def train(latents: LatentEpisodes, config: MDNRNNConfig, z_dim: int, padded: bool) -> MDNRNN:
+    """M from scratch for ``config.epochs`` epochs with ``train.py mdnrnn``'s losses and clipping;
+    padded: its batching (chunks in random order, every batch padded to seq_len)."""
+    torch.manual_seed(config.seed)
+    model = MDNRNN(z_dim, 3, True, config.hidden, config.mixtures)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    for epoch in range(config.epochs):
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         start, steps = time.perf_counter(), 0
-        chunks_of_epoch = epoch_chunks(latents, seq_len, generator)
-        groups = torch.split(chunks_of_epoch, 32) if padded else length_buckets(chunks_of_epoch, 32, generator)
+        chunks_of_epoch = epoch_chunks(latents, config.seq_len, generator)
+        groups = torch.split(chunks_of_epoch, config.batch_size) if padded \
+            else length_buckets(chunks_of_epoch, config.batch_size, generator)
         for chunks in groups:
-            b = make_batch(latents, chunks, seq_len if padded else int(chunks[:, 2].max()), generator)
-            out, _ = model(b.z, b.actions)
-            loss = model.losses(out, b.z_next, b.rewards, b.terminated, b.mask, done_weight=10.0)["loss"]
+            width = config.seq_len if padded else int(chunks[:, 2].max())
+            loss = model_losses(model, make_batch(latents, chunks, width, generator), config)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            steps += int(b.mask.sum())
-        print(f"seq {seq_len} epoch {epoch + 1}: {steps / (time.perf_counter() - start):.0f} steps/s", flush=True)
+            steps += int(chunks[:, 2].sum())
+        print(f"seq {config.seq_len} epoch {epoch + 1}: {steps / (time.perf_counter() - start):.0f} steps/s",
+              flush=True)
     return model
 
 
@@ -74,7 +95,7 @@ def score_whole_episodes(model: MDNRNN, latents: LatentEpisodes) -> dict:
             continue
         tp = pred = actual = 0
         bce_sum = steps = nll_sum = 0.0
-        late_death_p = []
+        p_at_death = []
         for group in torch.split(idx, 32):
             chunks = torch.stack([group, torch.zeros_like(group), lengths[group]], 1)
             b = make_batch(latents, chunks, int(lengths[group].max()), torch.Generator().manual_seed(0))
@@ -88,39 +109,32 @@ def score_whole_episodes(model: MDNRNN, latents: LatentEpisodes) -> dict:
             bce_sum += float(bce[m].sum())
             steps += float(m.sum())
             nll_sum += float((-model.log_prob(out, b.z_next) / model.z_dim)[m].sum())
-            late_death_p.append(torch.sigmoid(out.done_logit[done & m]))
+            p_at_death.append(torch.sigmoid(out.done_logit[done & m]))
         results[name] = {"episodes": len(idx), "nll": nll_sum / steps, "done_bce": bce_sum / steps,
                          "recall": tp / max(actual, 1), "precision": tp / max(pred, 1),
                          "false_deaths_per_1000_steps": 1000 * (pred - tp) / steps,
-                         "mean_p_at_death": float(torch.cat(late_death_p).mean())}
+                         "mean_p_at_death": float(torch.cat(p_at_death).mean())}
     model.train()
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[200, 1000])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--padded", action="store_true", help="the earlier batching: every batch padded to seq_len")
-    args = parser.parse_args()
+def main(args: Args) -> None:
     cache = args.run_dir / "latents"
     latents = LatentEpisodes(**load_file(str(cache / "latents.safetensors")))
     num_train = json.loads((cache / "latents.json").read_text())["num_train"]
     train_set = latents.subset(range(num_train))
     held_out = latents.subset(range(num_train, latents.num_episodes))
+    base = MDNRNNConfig(run_dir=args.run_dir, hidden=256, mixtures=5, batch_size=32, epochs=args.epochs,
+                        seed=args.seed)
     report = {}
     for seq_len in args.seq_lens:
-        model = train(train_set, seq_len, args.epochs, latents.mu.shape[-1], args.seed, args.padded)
+        model = train(train_set, replace(base, seq_len=seq_len), latents.mu.shape[-1], args.padded)
         report[str(seq_len)] = score_whole_episodes(model, held_out)
         print(seq_len, json.dumps(report[str(seq_len)]), flush=True)
     if args.json:
-        summary = {"run_dir": str(args.run_dir), "epochs": args.epochs, "seed": args.seed, "padded": args.padded,
-                   "report": report}
-        args.json.write_text(json.dumps(summary, indent=1))
+        atomic_write_json(args.json, {"run_dir": str(args.run_dir), "epochs": args.epochs, "seed": args.seed,
+                                      "padded": args.padded, "report": report})
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args))
