@@ -360,6 +360,20 @@ def test_sample_component_frequencies_follow_softmax_of_logits_over_tau(tau):
     torch.testing.assert_close(freq, torch.softmax(logits / tau, 0), rtol=0, atol=0.02)
 
 
+def test_sample_never_draws_a_zero_weight_component():
+    n = 20_000
+    out = MDNOutput(
+        logit_pi=torch.tensor([0.0, -float("inf"), 0.0, -float("inf")]).expand(n, 1, 4),
+        mu=torch.tensor([-10.0, 0.0, 10.0, 20.0]).expand(n, 1, 4),
+        log_sigma=torch.full((n, 1, 4), -3.0),
+        reward=torch.zeros(n),
+        done_logit=torch.zeros(n),
+    )
+    sample = MDNRNN.sample(out, 1.0, torch.Generator().manual_seed(12))[:, 0]
+    assert not ((sample.abs() < 5) | (sample > 15)).any()  # components 1 and 3 have weight 0
+    assert abs(float((sample < -5).float().mean()) - 0.5) < 0.02
+
+
 # --------------------------------------------------------------------------------------------
 # Done head and numerical bounds
 

@@ -117,9 +117,7 @@ class MDNRNN(nn.Module):
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        probs = F.softmax(out.logit_pi / temperature, dim=-1)
-        k = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-        k = k.view(*probs.shape[:-1], 1)
+        k = _sample_component(out.logit_pi / temperature, generator)
         mu = out.mu.gather(-1, k).squeeze(-1)
         sigma = out.log_sigma.gather(-1, k).squeeze(-1).exp() * math.sqrt(temperature)
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -160,6 +158,20 @@ class MDNRNN(nn.Module):
             "done_loss": done_loss,
             **_done_metrics(out.done_logit.detach(), done > 0.5, mask),
         }
+
+
+def _sample_component(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One component index per mixture, drawn with probability softmax(logits): (..., K) -> (..., 1).
+
+    Inverse CDF on the unnormalised weights: one uniform per mixture, scaled to the weights' sum.
+    Same distribution as ``torch.multinomial`` of the softmax, ~4x faster for the dream's many
+    small mixtures (``multinomial`` draws an exponential per component; benchmarks/mdn_sampling.py).
+    """
+    weights = (logits - logits.amax(-1, keepdim=True)).exp()
+    cumulative = weights.cumsum(-1)
+    u = torch.rand(cumulative[..., -1:].shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    # k = #{j < K-1 : u >= c_j}: P(k = j) = c_j - c_{j-1}; ">=" never lands on a zero-weight component
+    return (u * cumulative[..., -1:] >= cumulative[..., :-1]).sum(-1, keepdim=True)
 
 
 def _bound_log_sigma(raw: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""Drawing z_{t+1} from M's mixture, as the dream does every step: one component per latent
+dimension by inverse CDF (``MDNRNN.sample``) vs ``torch.multinomial`` of the softmax (the way
+it was drawn before), then the dream step as a whole with each.
+
+    python benchmarks/mdn_sampling.py
+
+A CMA-ES generation steps 64 x 16 = 1024 dreams with z 64 and 5 components: 65,536 mixtures per
+step. Final line: JSON with both ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.controller import ControllerPopulation, ControllerSpec  # noqa: E402
+from agents.fitness import population_policy  # noqa: E402
+from benchmarks.dream import make_model  # noqa: E402
+from world_models import mdnrnn  # noqa: E402
+from world_models.dream import DreamConfig, DreamVecEnv, feature_dim  # noqa: E402
+
+
+@dataclass
+class Args:
+    dreams: int = 1024
+    z_dim: int = 64
+    hidden: int = 256
+    mixtures: int = 5
+    repeats: int = 100
+    """Timed calls (component draws or dream steps) per way."""
+
+
+def multinomial_component(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The previous way: softmax, then ``torch.multinomial`` over the flattened mixtures."""
+    probs = F.softmax(logits, dim=-1)
+    k = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return k.view(*probs.shape[:-1], 1)
+
+
+def seconds_per_call(fn, repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def dream_step_seconds(args: Args) -> float:
+    model = make_model(args.z_dim, args.hidden, 3)
+    spec = ControllerSpec(feature_dim(args.z_dim, args.hidden, False), 3, discrete=True)
+    params = 0.1 * torch.randn(64, spec.num_params, generator=torch.Generator().manual_seed(0))
+    act = population_policy(ControllerPopulation(spec, params), args.dreams // 64)
+    dream = DreamVecEnv(model, torch.randn(100, args.z_dim), torch.full((100, args.z_dim), -2.0), args.dreams,
+                        DreamConfig(max_episode_steps=10**9), seed=0)
+    features, index = dream.reset_tensor(0), torch.arange(args.dreams)
+
+    def step():
+        nonlocal features
+        features, *_ = dream.step_tensor(act(features, index))
+
+    return seconds_per_call(step, args.repeats)
+
+
+def main(args: Args) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(args.dreams, args.z_dim, args.mixtures, generator=generator) / 1.15
+    draw = {"inverse_cdf": lambda: mdnrnn._sample_component(logits, generator),
+            "multinomial": lambda: multinomial_component(logits, generator)}
+    draw_s = {name: seconds_per_call(fn, args.repeats) for name, fn in draw.items()}
+    step_s = {"inverse_cdf": dream_step_seconds(args)}
+    with mock.patch.object(mdnrnn, "_sample_component", multinomial_component):
+        step_s["multinomial"] = dream_step_seconds(args)
+    result = {"dreams": args.dreams, "z": args.z_dim, "mixtures": args.mixtures,
+              "draw_ms": {k: round(v * 1e3, 2) for k, v in draw_s.items()},
+              "dream_step_ms": {k: round(v * 1e3, 2) for k, v in step_s.items()},
+              "draw_ratio": round(draw_s["multinomial"] / draw_s["inverse_cdf"], 2),
+              "dream_step_ratio": round(step_s["multinomial"] / step_s["inverse_cdf"], 2)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
