@@ -24,10 +24,9 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.controller import ControllerPopulation, ControllerSpec  # noqa: E402
-from agents.fitness import population_policy  # noqa: E402
-from benchmarks.dream import make_model  # noqa: E402
+from benchmarks.dream import make_model, step_rate  # noqa: E402
 from world_models import mdnrnn  # noqa: E402
-from world_models.dream import DreamConfig, DreamVecEnv, feature_dim  # noqa: E402
+from world_models.dream import feature_dim  # noqa: E402
 
 
 @dataclass
@@ -56,19 +55,12 @@ def seconds_per_call(fn, repeats: int) -> float:
 
 
 def dream_step_seconds(args: Args) -> float:
+    """Seconds per step of ``args.dreams`` dreams (64 controllers), timed by ``benchmarks/dream.py``."""
     model = make_model(args.z_dim, args.hidden, 3)
     spec = ControllerSpec(feature_dim(args.z_dim, args.hidden, False), 3, discrete=True)
     params = 0.1 * torch.randn(64, spec.num_params, generator=torch.Generator().manual_seed(0))
-    act = population_policy(ControllerPopulation(spec, params), args.dreams // 64)
-    dream = DreamVecEnv(model, torch.randn(100, args.z_dim), torch.full((100, args.z_dim), -2.0), args.dreams,
-                        DreamConfig(max_episode_steps=10**9), seed=0)
-    features, index = dream.reset_tensor(0), torch.arange(args.dreams)
-
-    def step():
-        nonlocal features
-        features, *_ = dream.step_tensor(act(features, index))
-
-    return seconds_per_call(step, args.repeats)
+    population = ControllerPopulation(spec, params)
+    return args.dreams / step_rate(model, population, args.dreams // 64, args.repeats, args.z_dim)
 
 
 def main(args: Args) -> dict:

@@ -164,7 +164,7 @@ def _sample_component(logits: torch.Tensor, generator: torch.Generator | None) -
     """One component index per mixture, drawn with probability softmax(logits): (..., K) -> (..., 1).
 
     Inverse CDF on the unnormalised weights: one uniform per mixture, scaled to the weights' sum.
-    Same distribution as ``torch.multinomial`` of the softmax, ~4x faster for the dream's many
+    Same distribution as ``torch.multinomial`` of the softmax, ~3x faster for the dream's many
     small mixtures (``multinomial`` draws an exponential per component; benchmarks/mdn_sampling.py).
     """
     weights = (logits - logits.amax(-1, keepdim=True)).exp()
