@@ -90,10 +90,10 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     if settings.done_critics < 0 or (settings.done_critics and settings.val_episodes < 1):
         raise UserError("--done-critics must be at least 0, and needs --val-episodes > 0 (earlier rounds' Ms "
                         "are kept after their validation)")
-    if min(settings.probe_episodes, settings.extra_probe_episodes, settings.max_extra_probes) < 0 \
-            or settings.held_action_limit < 0:
-        raise UserError("--probe-episodes, --extra-probe-episodes, --max-extra-probes and --held-action-limit "
-                        "must be at least 0")
+    if min(settings.probe_episodes, settings.extra_probe_episodes, settings.max_extra_probes,
+           settings.vae_episodes) < 0 or settings.held_action_limit < 0:
+        raise UserError("--probe-episodes, --extra-probe-episodes, --max-extra-probes, --vae-episodes and "
+                        "--held-action-limit must be at least 0")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "pipeline_config.json", {"preset": preset, **dataclasses.asdict(settings)})
@@ -101,11 +101,17 @@ def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto"
     data = run_dir / "data"
     common = {"device": device, "wandb_mode": wandb_mode, "progress": progress}
     s = settings
-    stages.run("collect", lambda: collect(s.env, s.episodes, data, workers=s.collect_workers, seed=s.seed,
-                                          policy=s.policy, progress=progress), lambda r: dataclasses.asdict(r))
+    def collect_random(total: int):
+        return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, policy=s.policy,
+                               progress=progress)
+
+    for_vae = min(s.vae_episodes, s.episodes) if s.vae_episodes else s.episodes
+    stages.run("collect", collect_random(for_vae), dataclasses.asdict)
     stages.run("vae", lambda: train_vae(VAEConfig(
         data=data, run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs, batch_size=s.vae_batch, lr=s.vae_lr,
         seed=s.seed, **common)))
+    if for_vae < s.episodes:  # the rest of the random rollouts, for M only
+        stages.run("collect_rest", collect_random(s.episodes), dataclasses.asdict)
     for k in range(1, s.iterations + 1):
         _train_round(k, s, run_dir, data, stages, common, progress)
     _select_round(stages, s, run_dir)

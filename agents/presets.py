@@ -16,6 +16,10 @@ class PipelineSettings:
     env: str = "VizdoomTakeCover-v1"
     episodes: int = 300
     """Random-policy rollouts to collect."""
+    vae_episodes: int = 0
+    """V trains on the first this-many random rollouts only; the rest are collected after V, for M
+    (0 = V trains on all of them). V's cost grows with its data, M's done head (one death per
+    episode) needs many episodes, and collecting one costs ~0.1 s on 2 cores."""
     policy: str = "held"
     """Collection policy: random | held."""
     collect_workers: int = 2

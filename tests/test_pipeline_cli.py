@@ -233,6 +233,22 @@ def test_probe_episodes_hold_one_action_each_round(tmp_path):
     assert "--probe-episodes" in error
 
 
+def test_vae_trains_on_the_first_vae_episodes_and_m_on_all(tmp_path):
+    from envs.episodes import iter_episodes, seed_of
+
+    run_dir = tmp_path / "pipe"
+    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
+           "--vae-episodes", 2, "--no-progress"))
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert list(stages)[:4] == ["collect", "vae", "collect_rest", "mdnrnn"]  # the rest arrive after V
+    assert stages["collect"]["summary"]["episodes_total"] == 2
+    assert stages["collect_rest"]["summary"]["episodes_new"] == 2
+    assert sorted(seed_of(path) for path, _ in iter_episodes(run_dir / "data")) == [0, 1, 2, 3]
+    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
+                               "--vae-episodes", -1))
+    assert "--vae-episodes" in error
+
+
 def test_held_action_check_adds_probes_until_the_limit_or_the_cap(tmp_path):
     from envs.episodes import iter_episodes, seed_of
 
