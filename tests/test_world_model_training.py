@@ -114,33 +114,60 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data: Path, t
 
 
 # ---- latent cache ----------------------------------------------------------------------------------
-def test_latent_cache_is_built_once_and_rebuilt_when_v_or_the_data_change(
+def test_latent_cache_is_built_once_and_reencodes_only_what_v_or_the_data_changed(
         data: Path, tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
     local_data = tmp_path / "data"
     shutil.copytree(data, local_data)
     train_vae(vae_config(local_data, run_dir))
     vae, _ = load_vae(run_dir)
-    encodes = []
-    real_encode = latents_module._encode_dataset
-    monkeypatch.setattr(latents_module, "_encode_dataset", lambda *a: encodes.append(1) or real_encode(*a))
+    encoded = []  # one entry per episode V encodes
+    real_encode = latents_module._encode_episode
+    monkeypatch.setattr(latents_module, "_encode_episode", lambda *a: encoded.append(1) or real_encode(*a))
     weights_path = vae_dir(run_dir) / "model.safetensors"
 
     first, num_train = build_latent_cache(run_dir, local_data, vae, weights_path, progress=False)
     again, _ = build_latent_cache(run_dir, local_data, vae, weights_path, progress=False)
-    assert len(encodes) == 1
+    assert len(encoded) == 5
     torch.testing.assert_close(first.mu, again.mu)
     assert first.num_episodes == 5 and 0 < num_train < 5
     assert len(first.mu) == int(first.lengths().sum()) + first.num_episodes  # T+1 frames per episode
 
-    train_vae(vae_config(local_data, run_dir, epochs=2))  # V changes
-    build_latent_cache(run_dir, local_data, vae, weights_path, progress=False)
-    assert len(encodes) == 2
-
     episode = sorted(local_data.glob("ep_*"))[0]
     os.utime(episode, ns=(episode.stat().st_atime_ns, episode.stat().st_mtime_ns + 10**9))  # data changes
     build_latent_cache(run_dir, local_data, vae, weights_path, progress=False)
-    assert len(encodes) == 3
+    assert len(encoded) == 6  # that episode only
+
+    train_vae(vae_config(local_data, run_dir, epochs=2))  # V changes: everything again
+    build_latent_cache(run_dir, local_data, vae, weights_path, progress=False)
+    assert len(encoded) == 11
+
+
+def test_a_grown_dataset_encodes_only_its_new_episodes_and_equals_a_fresh_cache(data: Path, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    episodes = sorted(data.glob("ep_*"))
+    local_data = tmp_path / "data"
+    local_data.mkdir()
+    for path in [*data.glob("*.json"), *episodes[:3]]:
+        shutil.copy2(path, local_data)
+    train_vae(vae_config(local_data, tmp_path / "run"))
+    vae, _ = load_vae(tmp_path / "run")
+    weights_path = vae_dir(tmp_path / "run") / "model.safetensors"
+    build_latent_cache(tmp_path / "run", local_data, vae, weights_path, progress=False)
+    key_path = tmp_path / "run" / "latents" / "latents.json"  # as a cache written before per-episode stamps
+    old_key = {k: v for k, v in json.loads(key_path.read_text()).items() if k != "episode_stamps"}
+    key_path.write_text(json.dumps(old_key))
+    for path in episodes[3:]:  # a later round adds episodes
+        shutil.copy2(path, local_data)
+    encoded = []
+    real_encode = latents_module._encode_episode
+    monkeypatch.setattr(latents_module, "_encode_episode", lambda *a: encoded.append(1) or real_encode(*a))
+    grown, num_train = build_latent_cache(tmp_path / "run", local_data, vae, weights_path, progress=False)
+    assert len(encoded) == len(episodes) - 3
+    fresh, fresh_train = build_latent_cache(tmp_path / "fresh", local_data, vae, weights_path, progress=False)
+    assert num_train == fresh_train and grown.num_episodes == len(episodes)
+    for name, tensor in fresh.tensors().items():
+        assert torch.equal(getattr(grown, name), tensor), name
 
 
 # ---- M ---------------------------------------------------------------------------------------------

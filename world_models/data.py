@@ -43,12 +43,17 @@ def dataset_files(data_dir: Path, val_fraction: float = 0.1) -> tuple[list[Path]
     return split_episodes(require_episodes(data_dir), val_fraction)
 
 
+def episode_stamp(path: Path) -> str:
+    """Name, size and modification time of an episode file: changes when it is rewritten."""
+    stat = Path(path).stat()
+    return f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def dataset_fingerprint(files: Sequence[Path]) -> str:
     """Changes when any episode file is added, removed or rewritten."""
     digest = hashlib.sha256()
     for path in files:
-        stat = Path(path).stat()
-        digest.update(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(episode_stamp(path).encode())
     return digest.hexdigest()
 
 
@@ -162,11 +167,13 @@ class LatentEpisodes:
 
 
 def cache_key(vae_weights: Path, files: Sequence[Path]) -> dict:
-    """What the cache depends on: V's weights and the exact dataset files."""
+    """What the cache depends on: V's weights and the exact dataset files (one stamp per episode,
+    in the cache's order, so that a grown dataset re-encodes only its new episodes)."""
     return {
         "vae_sha256": hashlib.sha256(Path(vae_weights).read_bytes()).hexdigest(),
         "dataset": dataset_fingerprint(files),
         "episodes": [Path(f).name for f in files],
+        "episode_stamps": [episode_stamp(f) for f in files],
     }
 
 

@@ -15,7 +15,14 @@ from safetensors.torch import load_file
 from envs.episodes import atomic_write_json, load_episode
 from envs.errors import UserError
 from world_models.checkpoint import save_checkpoint
-from world_models.data import LatentEpisodes, cache_key, dataset_files, read_cache_key
+from world_models.data import (
+    LatentEpisodes,
+    cache_key,
+    dataset_files,
+    dataset_fingerprint,
+    episode_stamp,
+    read_cache_key,
+)
 from world_models.vae import ConvVAE, frames_to_tensor
 
 LATENT_DIR = "latents"
@@ -41,6 +48,11 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
                        val_fraction: float = 0.1, progress: bool = True) -> tuple[LatentEpisodes, int]:
     """Load the cache when its key matches, else encode the dataset and save it.
 
+    When V is unchanged, the episodes the existing cache already holds (same file stamp) are
+    reused and only new or rewritten ones are encoded: a round of iterative training that adds a
+    few hundred episodes to thousands then costs seconds instead of minutes. Each episode is
+    encoded on its own, so the result is the same as encoding everything afresh.
+
     Returns the latents of all episodes (train first, then validation) and the number of
     training episodes.
     """
@@ -52,31 +64,62 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
     if found is not None and {k: found.get(k) for k in key} == key:
         tensors = load_file(str(directory / "latents.safetensors"))
         return LatentEpisodes(**tensors), len(train_files)
-    latents = _encode_dataset(vae, files, progress)
+    cached = _reusable_episodes(directory, found, key["vae_sha256"], Path(data_dir))
+    latents = _encode_dataset(vae, files, progress, cached)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "latents.json").unlink(missing_ok=True)  # until the new cache is whole
     save_checkpoint(directory, latents.tensors(), {"kind": "latent-cache"}, name="latents")
     atomic_write_json(directory / "latents.json", key)  # written last: it marks the cache complete
     return latents, len(train_files)
 
 
-def _encode_dataset(vae: ConvVAE, files: list[Path], progress: bool) -> LatentEpisodes:
+def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,
+                       data_dir: Path) -> dict[str, LatentEpisodes]:
+    """The existing cache's episodes by file stamp, if the same V encoded them (else none)."""
+    path = directory / "latents.safetensors"
+    if found is None or found.get("vae_sha256") != vae_sha256 or not path.exists():
+        return {}
+    stamps = found.get("episode_stamps") or _stamps_of_unchanged_files(found, data_dir)
+    old = LatentEpisodes(**load_file(str(path)))
+    if stamps is None or old.num_episodes != len(stamps):
+        return {}
+    return {stamp: old.subset([e]) for e, stamp in enumerate(stamps)}
+
+
+def _stamps_of_unchanged_files(found: dict, data_dir: Path) -> list[str] | None:
+    """A cache written before per-episode stamps were kept: its files' stamps, if none changed."""
+    paths = [data_dir / name for name in found.get("episodes", [])]
+    if not paths or not all(p.exists() for p in paths) or dataset_fingerprint(paths) != found.get("dataset"):
+        return None
+    return [episode_stamp(p) for p in paths]
+
+
+def _encode_dataset(vae: ConvVAE, files: list[Path], progress: bool,
+                    cached: dict[str, LatentEpisodes] | None = None) -> LatentEpisodes:
     from world_models.training import progress_bar
 
     parts = {name: [] for name in ("mu", "log_sigma", "actions", "rewards", "terminated")}
     lengths = []
     bar = progress_bar("encode", len(files), enabled=progress)
+    cached = cached or {}
     for path in files:  # already checked readable by dataset_files
-        episode = load_episode(path)
-        mu, log_sigma = encode_frames(vae, torch.from_numpy(episode.observations))
-        parts["mu"].append(mu)
-        parts["log_sigma"].append(log_sigma)
-        parts["actions"].append(torch.from_numpy(episode.actions))
-        parts["rewards"].append(torch.from_numpy(episode.rewards))
-        parts["terminated"].append(torch.from_numpy(episode.terminated))
-        lengths.append(len(episode))
+        stamp = episode_stamp(path)
+        episode = cached[stamp] if stamp in cached else _encode_episode(vae, path)
+        for name in parts:
+            parts[name].append(getattr(episode, name))
+        lengths.append(int(episode.lengths()[0]))
         bar.advance()
     bar.close()
     return LatentEpisodes.from_parts(parts, lengths)
+
+
+def _encode_episode(vae: ConvVAE, path: Path) -> LatentEpisodes:
+    """One episode file encoded by V, as a one-episode ``LatentEpisodes``."""
+    episode = load_episode(path)
+    mu, log_sigma = encode_frames(vae, torch.from_numpy(episode.observations))
+    parts = {"mu": [mu], "log_sigma": [log_sigma], "actions": [torch.from_numpy(episode.actions)],
+             "rewards": [torch.from_numpy(episode.rewards)], "terminated": [torch.from_numpy(episode.terminated)]}
+    return LatentEpisodes.from_parts(parts, [len(episode)])
 
 
 def load_latent_cache(run_dir: Path) -> LatentEpisodes:
