@@ -1,8 +1,9 @@
 """The latent cache: the dataset encoded once by V, in large batches, beside the run.
 
 ``RUN/latents/latents.safetensors`` holds per-frame mu and log sigma plus the actions, rewards
-and terminations M learns from; ``latents.json`` holds the key (V's weights hash and the
-dataset fingerprint). A changed V or dataset invalidates the cache and it is rebuilt.
+and terminations M learns from; ``latents.json`` holds the key (V's weights hash, the dataset
+fingerprint and one stamp per episode file). A changed V rebuilds the cache; a changed dataset
+re-encodes only its new or rewritten episodes.
 """
 
 from __future__ import annotations
