@@ -46,19 +46,18 @@ def _worker(run_dir: str, env_id: str, sample: bool):
     torch.set_num_threads(1)
     env = make_env(env_id)
     agent, _ = load_agent(Path(run_dir))
+    generator = torch.Generator()
+
+    @torch.no_grad()
+    def encode_sample(frames):  # z ~ N(mu, sigma) instead of the package's z = mu
+        mu, log_sigma = agent.vae.encode(frames_to_tensor(torch.as_tensor(frames)))
+        return mu + log_sigma.exp() * torch.randn(mu.shape, generator=generator)
+
+    if sample:
+        agent.encode = encode_sample
 
     def play(seed: int) -> float:
-        if sample:  # z ~ N(mu, sigma) with noise fixed by the episode's seed
-            generator = torch.Generator().manual_seed(seed)
-
-            @torch.no_grad()
-            def encode(frames):
-                mu, log_sigma = agent.vae.encode(frames_to_tensor(torch.as_tensor(frames)))
-                return mu + log_sigma.exp() * torch.randn(mu.shape, generator=generator)
-
-            agent.encode = encode
-        else:
-            agent.__dict__.pop("encode", None)  # the package's agent: z = mu
+        generator.manual_seed(seed)  # the noise is fixed by the episode's seed
         return run_episode(env, agent.policy(), seed).total_reward
 
     return play

@@ -49,11 +49,11 @@ def episode_stamp(path: Path) -> str:
     return f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def dataset_fingerprint(files: Sequence[Path]) -> str:
-    """Changes when any episode file is added, removed or rewritten."""
+def dataset_fingerprint(stamps: Sequence[str]) -> str:
+    """Of the episode files' stamps: changes when any file is added, removed or rewritten."""
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(episode_stamp(path).encode())
+    for stamp in stamps:
+        digest.update(stamp.encode())
     return digest.hexdigest()
 
 
@@ -169,11 +169,12 @@ class LatentEpisodes:
 def cache_key(vae_weights: Path, files: Sequence[Path]) -> dict:
     """What the cache depends on: V's weights and the exact dataset files (one stamp per episode,
     in the cache's order, so that a grown dataset re-encodes only its new episodes)."""
+    stamps = [episode_stamp(f) for f in files]
     return {
         "vae_sha256": hashlib.sha256(Path(vae_weights).read_bytes()).hexdigest(),
-        "dataset": dataset_fingerprint(files),
+        "dataset": dataset_fingerprint(stamps),
         "episodes": [Path(f).name for f in files],
-        "episode_stamps": [episode_stamp(f) for f in files],
+        "episode_stamps": stamps,
     }
 
 

@@ -66,7 +66,7 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
         tensors = load_file(str(directory / "latents.safetensors"))
         return LatentEpisodes(**tensors), len(train_files)
     cached = _reusable_episodes(directory, found, key["vae_sha256"], Path(data_dir))
-    latents = _encode_dataset(vae, files, progress, cached)
+    latents = _encode_dataset(vae, files, key["episode_stamps"], progress, cached)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "latents.json").unlink(missing_ok=True)  # until the new cache is whole
     save_checkpoint(directory, latents.tensors(), {"kind": "latent-cache"}, name="latents")
@@ -81,8 +81,10 @@ def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,
     if found is None or found.get("vae_sha256") != vae_sha256 or not path.exists():
         return {}
     stamps = found.get("episode_stamps") or _stamps_of_unchanged_files(found, data_dir)
+    if stamps is None:
+        return {}
     old = LatentEpisodes(**load_file(str(path)))
-    if stamps is None or old.num_episodes != len(stamps):
+    if old.num_episodes != len(stamps):
         return {}
     return {stamp: old.subset([e]) for e, stamp in enumerate(stamps)}
 
@@ -90,21 +92,20 @@ def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,
 def _stamps_of_unchanged_files(found: dict, data_dir: Path) -> list[str] | None:
     """A cache written before per-episode stamps were kept: its files' stamps, if none changed."""
     paths = [data_dir / name for name in found.get("episodes", [])]
-    if not paths or not all(p.exists() for p in paths) or dataset_fingerprint(paths) != found.get("dataset"):
+    if not paths or not all(p.exists() for p in paths):
         return None
-    return [episode_stamp(p) for p in paths]
+    stamps = [episode_stamp(p) for p in paths]
+    return stamps if dataset_fingerprint(stamps) == found.get("dataset") else None
 
 
-def _encode_dataset(vae: ConvVAE, files: list[Path], progress: bool,
-                    cached: dict[str, LatentEpisodes] | None = None) -> LatentEpisodes:
+def _encode_dataset(vae: ConvVAE, files: list[Path], stamps: list[str], progress: bool,
+                    cached: dict[str, LatentEpisodes]) -> LatentEpisodes:
     from world_models.training import progress_bar
 
     parts = {name: [] for name in ("mu", "log_sigma", "actions", "rewards", "terminated")}
     lengths = []
     bar = progress_bar("encode", len(files), enabled=progress)
-    cached = cached or {}
-    for path in files:  # already checked readable by dataset_files
-        stamp = episode_stamp(path)
+    for path, stamp in zip(files, stamps, strict=True):  # already checked readable by dataset_files
         episode = cached[stamp] if stamp in cached else _encode_episode(vae, path)
         for name in parts:
             parts[name].append(getattr(episode, name))
