@@ -145,18 +145,23 @@ class LatentEpisodes:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
+    def episode(self, e: int) -> LatentEpisodes:
+        """Episode ``e`` alone, as views into this one's tensors (no copy)."""
+        f0, f1 = int(self.offsets[e]), int(self.offsets[e + 1])
+        s0, s1 = int(self.step_offsets[e]), int(self.step_offsets[e + 1])
+        return LatentEpisodes(mu=self.mu[f0:f1], log_sigma=self.log_sigma[f0:f1], actions=self.actions[s0:s1],
+                              rewards=self.rewards[s0:s1], terminated=self.terminated[s0:s1],
+                              offsets=torch.tensor([0, f1 - f0]), step_offsets=torch.tensor([0, s1 - s0]))
+
     def subset(self, episodes: Sequence[int]) -> LatentEpisodes:
-        parts = {name: [] for name in self.__dataclass_fields__ if "offsets" not in name}
-        lengths = []
-        for e in episodes:
-            f0, f1 = int(self.offsets[e]), int(self.offsets[e + 1])
-            s0, s1 = int(self.step_offsets[e]), int(self.step_offsets[e + 1])
-            parts["mu"].append(self.mu[f0:f1])
-            parts["log_sigma"].append(self.log_sigma[f0:f1])
-            for name in ("actions", "rewards", "terminated"):
-                parts[name].append(getattr(self, name)[s0:s1])
-            lengths.append(s1 - s0)
-        return LatentEpisodes.from_parts(parts, lengths)
+        return LatentEpisodes.concat([self.episode(e) for e in episodes])
+
+    @staticmethod
+    def concat(parts: Sequence[LatentEpisodes]) -> LatentEpisodes:
+        """The episodes of ``parts``, in order, as one (copied) set."""
+        names = [name for name in LatentEpisodes.__dataclass_fields__ if "offsets" not in name]
+        return LatentEpisodes.from_parts({name: [getattr(part, name) for part in parts] for name in names},
+                                         [n for part in parts for n in part.lengths().tolist()])
 
     @staticmethod
     def from_parts(parts: dict[str, list[torch.Tensor]], lengths: Sequence[int]) -> LatentEpisodes:

@@ -86,7 +86,7 @@ def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,
     old = LatentEpisodes(**load_file(str(path)))
     if old.num_episodes != len(stamps):
         return {}
-    return {stamp: old.subset([e]) for e, stamp in enumerate(stamps)}
+    return {stamp: old.episode(e) for e, stamp in enumerate(stamps)}
 
 
 def _stamps_of_unchanged_files(found: dict, data_dir: Path) -> list[str] | None:
@@ -102,17 +102,13 @@ def _encode_dataset(vae: ConvVAE, files: list[Path], stamps: list[str], progress
                     cached: dict[str, LatentEpisodes]) -> LatentEpisodes:
     from world_models.training import progress_bar
 
-    parts = {name: [] for name in ("mu", "log_sigma", "actions", "rewards", "terminated")}
-    lengths = []
     bar = progress_bar("encode", len(files), enabled=progress)
+    episodes = []
     for path, stamp in zip(files, stamps, strict=True):  # already checked readable by dataset_files
-        episode = cached[stamp] if stamp in cached else _encode_episode(vae, path)
-        for name in parts:
-            parts[name].append(getattr(episode, name))
-        lengths.append(int(episode.lengths()[0]))
+        episodes.append(cached[stamp] if stamp in cached else _encode_episode(vae, path))
         bar.advance()
     bar.close()
-    return LatentEpisodes.from_parts(parts, lengths)
+    return LatentEpisodes.concat(episodes)
 
 
 def _encode_episode(vae: ConvVAE, path: Path) -> LatentEpisodes:
