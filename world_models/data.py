@@ -62,11 +62,14 @@ class FrameStream:
 
     Each epoch visits the episodes in a seeded random order, ``chunk_episodes`` at a time; the
     frames of a chunk are shuffled together and cut into batches (a remainder carries over).
+    A chunk's batches are drawn from its episodes alone, so a small chunk gives correlated batches:
+    with 8 episodes (~24 batches of 100 in a row) a trained V's batch reconstruction loss varied
+    with a standard deviation of 6.7 against 4.4 with 64 episodes, and V's training loss swung by 2x.
     A background thread loads the next chunk while the current one is consumed. The order is
     a function of (seed, epoch) alone, so a resumed run sees the same batches.
     """
 
-    def __init__(self, files: Sequence[Path], batch_size: int, seed: int = 0, chunk_episodes: int = 8,
+    def __init__(self, files: Sequence[Path], batch_size: int, seed: int = 0, chunk_episodes: int = 64,
                  drop_last: bool = True) -> None:
         self.files = list(files)
         self.batch_size = batch_size
