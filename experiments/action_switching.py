@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.agent import load_agent  # noqa: E402
 from agents.evaluate import load_start_latents  # noqa: E402
+from envs.collect import run_episode  # noqa: E402
 from envs.episodes import atomic_write_json  # noqa: E402
 from envs.make import make_env  # noqa: E402
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts  # noqa: E402
@@ -58,15 +59,7 @@ def held_runs(actions: list[int]) -> np.ndarray:
 
 
 def play(agent, env, seed: int) -> dict:
-    policy = agent.policy()
-    observation, _ = env.reset(seed=seed)
-    actions: list[int] = []
-    done = False
-    while not done:
-        action = policy(observation)
-        actions.append(int(action))
-        observation, _, terminated, truncated, _ = env.step(action)
-        done = terminated or truncated
+    actions = run_episode(env, agent.policy(), seed).actions.tolist()
     runs = held_runs(actions)
     return {"seed": seed, "length": len(actions), "action_counts": dict(sorted(Counter(actions).items())),
             "mean_held": float(runs.mean()), "longest_held": int(runs.max())}
@@ -76,24 +69,24 @@ def jitter_action(step: int, period: int) -> int:
     return 1 if (step // period) % 2 == 0 else 2
 
 
+class Jitter:
+    """``policy(observation) -> action`` that ignores what it sees: actions 1, 2 alternating."""
+
+    def __init__(self, period: int) -> None:
+        self.period, self.step = period, 0
+
+    def __call__(self, observation) -> int:
+        self.step += 1
+        return jitter_action(self.step - 1, self.period)
+
+
 def real_jitter_length(env, period: int, seeds: range) -> float:
-    lengths = []
-    for seed in seeds:
-        env.reset(seed=seed)
-        step, done = 0, False
-        while not done:
-            _, _, terminated, truncated, _ = env.step(jitter_action(step, period))
-            step, done = step + 1, terminated or truncated
-        lengths.append(step)
-    return float(np.mean(lengths))
+    return float(np.mean([len(run_episode(env, Jitter(period), seed).actions) for seed in seeds]))
 
 
 @torch.no_grad()
-def dream_jitter_length(run_dir: Path, settings: dict, period: int, dreams: int, seed: int) -> float:
-    mdnrnn, mdn_config = load_mdnrnn(run_dir, "cpu")
-    config = DreamConfig(temperature=settings["temperature"], done_mode=settings["done_mode"],
-                         done_weight=mdn_config.get("done_weight", 10.0))
-    dream = DreamVecEnv(mdnrnn, *load_start_latents(run_dir, "cpu"), dreams, config, seed=seed)
+def dream_jitter_length(mdnrnn, start_latents, config: DreamConfig, period: int, dreams: int, seed: int) -> float:
+    dream = DreamVecEnv(mdnrnn, *start_latents, dreams, config, seed=seed)
     step = [0]
 
     def act(features, index):
@@ -112,15 +105,20 @@ def main(args: Args) -> None:
     env_id = args.env_id or settings["env"]
     agent, _ = load_agent(args.run_dir)
     env = make_env(env_id)
+    seeds = range(args.seed, args.seed + args.episodes)
     episodes = []
-    for seed in range(args.seed, args.seed + args.episodes):
+    for seed in seeds:
         episodes.append(play(agent, env, seed))
         print(episodes[-1])
     summary = {key: float(np.mean([e[key] for e in episodes])) for key in ("length", "mean_held", "longest_held")}
     print(summary)
-    seeds = range(args.seed, args.seed + args.episodes)
+    mdnrnn, mdn_config = load_mdnrnn(args.run_dir, "cpu")  # once: every period dreams with the same M
+    dream_config = DreamConfig(temperature=settings["temperature"], done_mode=settings["done_mode"],
+                               done_weight=mdn_config.get("done_weight", 10.0))
+    start_latents = load_start_latents(args.run_dir, "cpu")
     jitter = [{"period": period, "real_length": real_jitter_length(env, period, seeds),
-               "dream_length": dream_jitter_length(args.run_dir, settings, period, args.dreams, args.seed)}
+               "dream_length": dream_jitter_length(mdnrnn, start_latents, dream_config, period, args.dreams,
+                                                   args.seed)}
               for period in args.periods]
     for row in jitter:
         print(row)
