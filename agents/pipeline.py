@@ -142,7 +142,8 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         return train_mdnrnn(MDNRNNConfig(
             run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
             batch_size=s.mdn_batch, epochs=_mdn_epochs(s, k, stages), lr=s.mdn_lr, keep_best=s.mdn_keep_best,
-            patience=s.mdn_patience, seed=s.seed, **common))
+            patience=s.mdn_patience, late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight,
+            seed=s.seed, **common))
 
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)

@@ -91,6 +91,11 @@ class PipelineSettings:
     """Probability of a random action when collecting with the agent."""
     round_mdn_epochs: int = 30
     """Epochs M trains on all the data in each later round (continuing the previous round's M)."""
+    late_episode_weight: int = 1
+    """M draws the sequences of the episodes collected after the random rollouts (the agent's and
+    the probes') this many times per epoch, in place of as many random-rollout sequences (an epoch
+    costs the same). With 3,000 random rollouts a round's agent episodes are ~2% of M's steps
+    (~11% with the preset's 300), so M hardly learns where the controller's moves really lead."""
     first_round_generations: int = 10
     """CMA-ES generations in round 1 when there are later rounds. Round 1's dream (M on random
     data only) is long and exploitable, so its generations cost the most and its controller

@@ -20,7 +20,7 @@ from envs.errors import ConfigMismatchError, UserError
 from world_models.data import LatentEpisodes
 from world_models.latents import build_latent_cache
 from world_models.runlog import read_metrics
-from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, make_batch, train_mdnrnn
+from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, late_episode_weights, make_batch, train_mdnrnn
 from world_models.train_vae import VAEConfig, load_vae, train_vae, vae_dir
 from world_models.training import DivergedError
 
@@ -248,6 +248,24 @@ def test_epoch_chunks_cover_every_step_exactly_once(seed: int) -> None:
         rows = chunks[chunks[:, 0] == episode]
         covered = sorted(t for _, start, n in rows.tolist() for t in range(start, start + n))
         assert covered == list(range(length))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_epoch_draws_late_episodes_more_often_at_the_same_cost(seed: int) -> None:
+    lengths, seq_len = [50, 40, 17, 64, 30], 16
+    latents = toy_latents(lengths)
+    plain = epoch_chunks(latents, seq_len, torch.Generator().manual_seed(seed))
+    config = MDNRNNConfig(run_dir=Path("unused"), late_from_seed=104, late_weight=3)
+    weights = late_episode_weights([100, 101, 102, 103, 104], config)
+    assert weights.tolist() == [1, 1, 1, 1, 3]
+    chunks = epoch_chunks(latents, seq_len, torch.Generator().manual_seed(seed), weights)
+    assert len(chunks) == len(plain)
+    rows = chunks[chunks[:, 0] == 4]  # every step of the late episode exactly three times
+    covered = sorted(t for _, start, n in rows.tolist() for t in range(start, start + n))
+    assert covered == sorted(list(range(lengths[4])) * 3)
+    early = chunks[chunks[:, 0] < 4]
+    assert len({tuple(row) for row in early.tolist()}) == len(early)  # left out, never repeated
+    assert late_episode_weights([100, 104], MDNRNNConfig(run_dir=Path("unused"))) is None
 
 
 def test_make_batch_pairs_each_step_with_its_next_frame_and_masks_padding() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from envs.episodes import atomic_write_json, load_episode
+from envs.episodes import atomic_write_json, load_episode, seed_of
 from envs.errors import UserError
 from world_models.checkpoint import save_checkpoint
 from world_models.data import (
@@ -72,6 +72,12 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
     save_checkpoint(directory, latents.tensors(), {"kind": "latent-cache"}, name="latents")
     atomic_write_json(directory / "latents.json", key)  # written last: it marks the cache complete
     return latents, len(train_files)
+
+
+def cached_episode_seeds(run_dir: Path) -> list[int]:
+    """Seeds of the latent cache's episodes, in its order (train first, then validation)."""
+    found = read_cache_key(latent_dir(run_dir)) or {}
+    return [seed_of(Path(stamp.split(":")[0])) for stamp in found.get("episode_stamps", [])]
 
 
 def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,

@@ -17,7 +17,7 @@ from envs.episodes import load_metadata
 from envs.errors import UserError
 from world_models.checkpoint import load_checkpoint, load_module_state, module_state, save_checkpoint
 from world_models.data import LatentEpisodes
-from world_models.latents import build_latent_cache
+from world_models.latents import build_latent_cache, cached_episode_seeds
 from world_models.mdnrnn import MDNRNN
 from world_models.runlog import RunLogger, resolve_device
 from world_models.train_vae import load_vae, vae_dir
@@ -50,6 +50,14 @@ class MDNRNNConfig:
     """Weight of terminal steps in the done loss (released code: 10)."""
     reward_weight: float = 1.0
     val_fraction: float = 0.1
+    late_from_seed: int = -1
+    """Episodes whose seed is at least this (in iterative training: the agent's and the probes'
+    episodes, collected after the random rollouts) are drawn ``late_weight`` times per epoch; -1: none."""
+    late_weight: int = 1
+    """How many times per epoch each late episode's sequences are drawn. An epoch keeps its number
+    of sequences (and its cost): as many of the other episodes' sequences are left out, at random.
+    Beside thousands of random rollouts a round's agent episodes are ~2% of M's steps, too few
+    to correct what M believes about the controller's moves."""
     keep_best: str = ""
     """Keep the epoch of this training call with the lowest held-out loss of this name (val_loss,
     val_nll, val_done_loss or val_reward_loss): its weights are exported and a later call continues
@@ -89,10 +97,12 @@ class SequenceBatch:
     mask: torch.Tensor  # (B, L) bool: real steps
 
 
-def epoch_chunks(latents: LatentEpisodes, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+def epoch_chunks(latents: LatentEpisodes, seq_len: int, generator: torch.Generator,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     """(N, 3) rows of (episode, start, length), shuffled: every step of every episode exactly once.
 
     A random first cut in [1, seq_len] each epoch means sequences do not always start at reset.
+    With ``weights`` ((E,) int64, per episode), see ``reweight_chunks``.
     """
     rows = []
     for episode, length in enumerate(latents.lengths().tolist()):
@@ -101,7 +111,29 @@ def epoch_chunks(latents: LatentEpisodes, seq_len: int, generator: torch.Generat
         ends = [*starts[1:], length]
         rows += [(episode, start, end - start) for start, end in zip(starts, ends, strict=True)]
     chunks = torch.tensor(rows, dtype=torch.int64)
+    if weights is not None:
+        chunks = reweight_chunks(chunks, weights, generator)
     return chunks[torch.randperm(len(chunks), generator=generator)]
+
+
+def reweight_chunks(chunks: torch.Tensor, weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The chunks of episodes with weight w > 1 repeated w times, plus a random subset of the
+    others' chunks that keeps the epoch at ``len(chunks)`` rows (it grows only when the repeated
+    chunks alone exceed that)."""
+    chunk_weights = weights[chunks[:, 0]]
+    heavy = chunk_weights > 1
+    repeated = chunks[heavy].repeat_interleave(chunk_weights[heavy], dim=0)
+    others = chunks[~heavy]
+    room = max(len(chunks) - len(repeated), 0)
+    kept = others[torch.randperm(len(others), generator=generator)[:room]]
+    return torch.cat([repeated, kept])
+
+
+def late_episode_weights(seeds: list[int], config: MDNRNNConfig) -> torch.Tensor | None:
+    """(E,) int64 per-episode draws per epoch from the config's late-episode rule, or None."""
+    if config.late_from_seed < 0 or config.late_weight <= 1:
+        return None
+    return torch.tensor([config.late_weight if seed >= config.late_from_seed else 1 for seed in seeds])
 
 
 def make_batch(latents: LatentEpisodes, chunks: torch.Tensor, seq_len: int,
@@ -122,8 +154,9 @@ def make_batch(latents: LatentEpisodes, chunks: torch.Tensor, seq_len: int,
     )
 
 
-def batches(latents: LatentEpisodes, config: MDNRNNConfig, generator: torch.Generator, device):
-    chunks = epoch_chunks(latents, config.seq_len, generator)
+def batches(latents: LatentEpisodes, config: MDNRNNConfig, generator: torch.Generator, device,
+            weights: torch.Tensor | None = None):
+    chunks = epoch_chunks(latents, config.seq_len, generator, weights)
     for start in range(0, len(chunks), config.batch_size):
         batch = make_batch(latents, chunks[start : start + config.batch_size], config.seq_len, generator)
         yield SequenceBatch(**{k: v.to(device) for k, v in batch.__dict__.items()})
@@ -158,6 +191,7 @@ def train_mdnrnn(config: MDNRNNConfig) -> dict:
     meta = load_metadata(data)
     latents, num_train = build_latent_cache(config.run_dir, data, vae, vae_dir(config.run_dir) / "model.safetensors",
                                             config.val_fraction, config.progress)
+    weights = late_episode_weights(cached_episode_seeds(config.run_dir)[:num_train], config)
     train_latents = latents.subset(range(num_train))
     val_latents = latents.subset(range(num_train, latents.num_episodes)) if num_train < latents.num_episodes \
         else train_latents
@@ -174,7 +208,7 @@ def train_mdnrnn(config: MDNRNNConfig) -> dict:
     best = BestEpoch(mdnrnn_dir(config.run_dir), config) if config.keep_best else None
     bar = progress_bar("M", config.epochs, state.epoch, config.progress)
     for epoch in range(state.epoch, config.epochs):
-        metrics = _train_epoch(model, optimizer, train_latents, epoch, state, config, device)
+        metrics = _train_epoch(model, optimizer, train_latents, epoch, state, config, device, weights)
         metrics.update(evaluate_mdnrnn(model, val_latents, config, device))
         logger.log(metrics, state.step)
         state.epoch = epoch + 1
@@ -237,11 +271,11 @@ def _model_config(meta: dict, vae_config: dict, config: MDNRNNConfig) -> dict:
     }
 
 
-def _train_epoch(model, optimizer, latents, epoch, state, config, device) -> dict:
+def _train_epoch(model, optimizer, latents, epoch, state, config, device, weights) -> dict:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     start, steps_seen, totals, count = time.perf_counter(), 0, {}, 0
-    for batch in batches(latents, config, generator, device):
+    for batch in batches(latents, config, generator, device, weights):
         losses = model_losses(model, batch, config)
         check_finite(losses["loss"], "M", mdnrnn_dir(config.run_dir))
         optimizer.zero_grad(set_to_none=True)
