@@ -52,7 +52,7 @@ class MDNRNNConfig:
     val_fraction: float = 0.1
     late_from_seed: int = -1
     """Episodes whose seed is at least this (in iterative training: the agent's and the probes'
-    episodes, collected after the random rollouts) are drawn ``late_weight`` times per epoch; -1: none."""
+    episodes, collected after the random rollouts) are drawn --late-weight times per epoch; -1: none."""
     late_weight: int = 1
     """How many times per epoch each late episode's sequences are drawn. An epoch keeps its number
     of sequences (and its cost): as many of the other episodes' sequences are left out, at random.
