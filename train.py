@@ -5,25 +5,31 @@
     python train.py mdnrnn --run-dir runs/takecover
     python train.py controller --run-dir runs/takecover --algo cmaes --where dream
     python train.py pipeline --preset doom-take-cover --run-dir runs/takecover   # all of the above + eval
+    python train.py presets                                                      # what the presets set
 
-Each subcommand's ``--help`` lists its options (generated from the dataclasses below). User
-errors (bad ids, missing data, mismatched checkpoints) print one line and exit with code 2.
+Each subcommand's ``--help`` lists its options with their documentation (from the dataclasses'
+field docstrings). Every config is checked before any work starts; user errors (bad values,
+ids, missing data, damaged or mismatched checkpoints) print one line and exit with code 2.
 """
 
 from __future__ import annotations
 
 import sys
-import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
 
+from agents.presets import PRESETS, PipelineSettings, changed_settings, describe_presets, overlay, preset_settings
 from agents.train_controller import ControllerConfig
+from envs.checks import at_least, directory_to_write, existing_directory
 from envs.errors import UserError
 from world_models.train_mdnrnn import MDNRNNConfig
 from world_models.train_vae import VAEConfig
+
+DEFAULT_PRESET = "doom-take-cover"
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -46,6 +52,15 @@ class Collect:
     progress: bool = True
     """Show a progress bar."""
 
+    def check(self) -> None:
+        from envs.make import check_env_id
+
+        check_env_id(self.env)
+        at_least("episodes", self.episodes, 1)
+        at_least("workers", self.workers, 1)
+        at_least("seed", self.seed, 0)
+        directory_to_write("out", self.out)
+
 
 def run_collect(args: Collect) -> None:
     from envs.collect import collect
@@ -61,16 +76,19 @@ def run_vae(args: VAEConfig) -> None:
     from world_models.train_vae import train_vae
 
     metrics = train_vae(args)
-    print(f"V trained: val loss {metrics['val_loss']:.2f} (recon {metrics['val_recon']:.2f}, "
-          f"KL {metrics['val_kl']:.2f}); mean mu {metrics['mean_mu']:.3f}, mean sigma {metrics['mean_sigma']:.3f}")
+    if "val_loss" in metrics:
+        print(f"V trained: val loss {metrics['val_loss']:.2f} (recon {metrics['val_recon']:.2f}, "
+              f"KL {metrics['val_kl']:.2f}); mean mu {metrics['mean_mu']:.3f}, "
+              f"mean sigma {metrics['mean_sigma']:.3f}")
 
 
 def run_mdnrnn(args: MDNRNNConfig) -> None:
     from world_models.train_mdnrnn import train_mdnrnn
 
     metrics = train_mdnrnn(args)
-    print(f"M trained: val NLL {metrics['val_nll']:.3f}, val done loss {metrics['val_done_loss']:.3f}, "
-          f"done precision {metrics['val_done_precision']:.2f}")
+    if "val_nll" in metrics:
+        print(f"M trained: val NLL {metrics['val_nll']:.3f}, val done loss {metrics['val_done_loss']:.3f}, "
+              f"done precision {metrics['val_done_precision']:.2f}")
 
 
 def run_controller(args: ControllerConfig) -> None:
@@ -90,6 +108,10 @@ class Export:
     out: Path
     """Where to write it, e.g. pretrained/doom-take-cover."""
 
+    def check(self) -> None:
+        existing_directory("run_dir", self.run_dir, "a trained run directory")
+        directory_to_write("out", self.out)
+
 
 def run_export(args: Export) -> None:
     from agents.agent import export_agent
@@ -99,42 +121,48 @@ def run_export(args: Export) -> None:
     print(f"exported {len(files)} files ({size:.1f} MiB) to {args.out}")
 
 
-def _pipeline_args():
-    """``train.py pipeline`` options: a preset name, a run dir, and an override for every setting."""
-    import dataclasses
+@dataclass
+class Pipeline:
+    """Run collect -> V -> [M -> C in the dream -> validation] x rounds -> real evaluation.
 
-    from agents.presets import PRESETS, PipelineSettings
+    Presets stack left to right over neutral defaults, then any --setting given here; the
+    defaults shown are the chosen presets' values. Finished stages are skipped, so running the
+    same command again resumes a stopped run (and reports a finished one)."""
 
-    default = PRESETS["doom-take-cover"]
-    types = typing.get_type_hints(PipelineSettings)
-    overrides = [
-        (f.name, Annotated[types[f.name] | None, tyro.conf.arg(help=f"override the preset (doom-take-cover: "
-                                                         f"{getattr(default, f.name)})")], None)
-        for f in dataclasses.fields(PipelineSettings)
-    ]
-    return dataclasses.make_dataclass("Pipeline", [
-        ("run_dir", Annotated[Path, tyro.conf.arg(help="run directory (resumes when it exists)")]),
-        ("preset", Annotated[Literal[tuple(PRESETS)], tyro.conf.arg(help="named settings")], "doom-take-cover"),
-        ("device", Annotated[str, tyro.conf.arg(help="auto | cpu | cuda")], "auto"),
-        ("wandb_mode", Annotated[str, tyro.conf.arg(help="online | offline | disabled")], "disabled"),
-        ("progress", Annotated[bool, tyro.conf.arg(help="show progress bars")], True),
-        *overrides,
-    ], namespace={"__doc__": "Run collect -> V -> M -> C (dream) -> real evaluation; skips finished stages."})
+    run_dir: Path
+    """Run directory (resumes when it exists)."""
+    preset: tuple[PresetName, ...] = (DEFAULT_PRESET,)
+    """Named settings, stacked left to right (`python train.py presets` lists them)."""
+    settings: Annotated[PipelineSettings, tyro.conf.arg(name="")] = field(default_factory=PipelineSettings)
+    """Every setting of the run (flags without a prefix: --episodes, --population, ...)."""
+    device: str = "auto"
+    """auto | cpu | cuda: where V, M and the dream run (real-env workers stay on CPU)."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "disabled"
+    """Mirror the run to Weights & Biases (one W&B run per run directory)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def check(self) -> None:
+        directory_to_write("run_dir", self.run_dir)
+        self.settings.check()
 
 
-Pipeline = _pipeline_args()
-
-
-def run_pipeline_command(args) -> None:
-    import dataclasses
-
+def run_pipeline_command(args: Pipeline) -> None:
     from agents.pipeline import run_pipeline, summary_lines
-    from agents.presets import resolve
 
-    settings = resolve(args.preset, dataclasses.asdict(args))
-    summary = run_pipeline(settings, args.run_dir, args.device, args.wandb_mode, args.progress, args.preset)
+    summary = run_pipeline(args.settings, args.run_dir, args.device, args.wandb_mode, args.progress,
+                           " ".join(args.preset), overrides=changed_settings(args.settings, args.preset))
     for line in summary_lines(summary):
         print(line)
+
+
+@dataclass
+class Presets:
+    """List the pipeline presets: what each is for, its bases and the settings it changes."""
+
+
+def run_presets(args: Presets) -> None:
+    print("\n".join(describe_presets()))
 
 
 COMMANDS = {
@@ -143,16 +171,54 @@ COMMANDS = {
     "mdnrnn": (MDNRNNConfig, run_mdnrnn),
     "controller": (ControllerConfig, run_controller),
     "pipeline": (Pipeline, run_pipeline_command),
+    "presets": (Presets, run_presets),
     "export": (Export, run_export),
 }
 
 
+def presets_named(argv: list[str]) -> tuple[str, ...]:
+    """The ``--preset`` names on a pipeline command line (before tyro parses it, so that ``--help``
+    and the defaults show the chosen presets' values)."""
+    names: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--preset":
+            names = _until_next_flag(argv[i + 1:])
+        elif token.startswith("--preset="):
+            names = [token.split("=", 1)[1], *_until_next_flag(argv[i + 1:])]
+    return tuple(names) or (DEFAULT_PRESET,)
+
+
+def _until_next_flag(tokens: list[str]) -> list[str]:
+    taken = []
+    for token in tokens:
+        if token.startswith("-"):
+            break
+        taken.append(token)
+    return taken
+
+
+def parse(argv: list[str]):
+    """The chosen command's config, parsed (tyro prints --help or a usage error and exits)."""
+    if not argv or argv[0] not in COMMANDS:
+        return tyro.extras.subcommand_cli_from_dict({name: spec for name, (spec, _) in COMMANDS.items()},
+                                                    args=argv, prog="train.py")
+    name, rest = argv[0], argv[1:]
+    spec = COMMANDS[name][0]
+    default = None
+    if spec is Pipeline:
+        names = presets_named(rest)
+        overlay(names)  # an unknown name: one line before tyro's usage text
+        default = Pipeline(run_dir=tyro.MISSING, preset=names, settings=preset_settings(*names))
+    return tyro.cli(spec, args=rest, prog=f"train.py {name}", default=default)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.extras.subcommand_cli_from_dict(
-        {name: spec for name, (spec, _) in COMMANDS.items()}, args=argv, prog="train.py"
-    )
-    runner = next(run for spec, run in COMMANDS.values() if isinstance(args, spec))
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = parse(argv)
+        runner = next(run for spec, run in COMMANDS.values() if type(args) is spec)
+        if hasattr(args, "check"):
+            args.check()
         runner(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,13 +29,15 @@ from world_models.vae import ConvVAE, frames_to_tensor
 CONTROLLER_DIR = "controller"
 
 Carry = tuple[torch.Tensor, torch.Tensor]
+Latent = Literal["mean", "sample"]
 
 
 def load_controller(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Controller, dict]:
     """The run's best controller (safetensors + JSON with its spec and scores)."""
-    tensors, info = load_checkpoint(Path(run_dir) / CONTROLLER_DIR, device=device)
+    directory = Path(run_dir) / CONTROLLER_DIR
+    tensors, info = load_checkpoint(directory, device=device, expect=("spec", "env_id"))
     controller = Controller(ControllerSpec.from_dict(info["spec"])).to(device)
-    load_module_state(controller, tensors)
+    load_module_state(controller, tensors, source=directory / "model.safetensors")
     return controller.eval(), info
 
 
@@ -61,8 +64,13 @@ class WorldModelAgent:
     @torch.no_grad()
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, 64, 64, 3) uint8 -> z (B, z_dim)."""
-        mu, _ = self.vae.encode(frames_to_tensor(torch.as_tensor(frames).to(self.device)))
+        mu, _ = self.posterior(frames)
         return mu
+
+    @torch.no_grad()
+    def posterior(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 64, 64, 3) uint8 -> V's posterior (mu, log_sigma), each (B, z_dim)."""
+        return self.vae.encode(frames_to_tensor(torch.as_tensor(frames).to(self.device)))
 
     @torch.no_grad()
     def act(self, frames: np.ndarray | torch.Tensor, carry: Carry) -> tuple[torch.Tensor, Carry]:
@@ -72,32 +80,47 @@ class WorldModelAgent:
         _, carry = self.mdnrnn.step(z, actions, carry)
         return actions, carry
 
-    def policy(self, exploration: float = 0.0, rng: np.random.Generator | None = None) -> AgentPolicy:
-        return AgentPolicy(self, exploration, rng or np.random.default_rng())
+    def policy(self, exploration: float = 0.0, rng: np.random.Generator | None = None,
+               latent: Latent = "mean") -> AgentPolicy:
+        return AgentPolicy(self, exploration, rng or np.random.default_rng(), latent)
 
 
 class AgentPolicy:
     """A single-env ``policy(observation) -> action`` callable over a ``WorldModelAgent``.
 
     ``exploration`` is the probability of a uniform random action instead of C's (iterative
-    training collects with it); M is always stepped with the action actually taken.
+    training collects with it); M is always stepped with the action actually taken. ``latent``:
+    M and C see z = mu(V(frame)) (``mean``, the package's agent) or z ~ N(mu, sigma) (``sample``,
+    as M's training data and the released code's agent), the noise drawn from ``rng``'s stream.
     """
 
-    def __init__(self, agent: WorldModelAgent, exploration: float, rng: np.random.Generator) -> None:
+    def __init__(self, agent: WorldModelAgent, exploration: float, rng: np.random.Generator,
+                 latent: Latent = "mean") -> None:
+        if latent not in ("mean", "sample"):
+            raise ValueError(f"latent must be 'mean' or 'sample', not {latent!r}")
         self.agent = agent
         self.exploration = exploration
         self.rng = rng
         self.carry = agent.initial_carry(1)
+        # seeded from rng only when sampling, so a mean policy consumes rng exactly as before
+        self.generator = None if latent == "mean" else \
+            torch.Generator(device=agent.device).manual_seed(int(rng.integers(2**62)))
 
     @torch.no_grad()
     def __call__(self, observation: np.ndarray):
         agent = self.agent
-        z = agent.encode(observation[None])
+        z = self._latent(observation[None])
         action = agent.controller.act(controller_features(z, self.carry, agent.include_cell))
         if self.exploration and self.rng.random() < self.exploration:
             action = self._random_action(action)
         _, self.carry = agent.mdnrnn.step(z, action, self.carry)
         return int(action[0]) if agent.controller.spec.discrete else action[0].cpu().numpy()
+
+    def _latent(self, frames: np.ndarray) -> torch.Tensor:
+        if self.generator is None:
+            return self.agent.encode(frames)
+        mu, log_sigma = self.agent.posterior(frames)
+        return mu + log_sigma.exp() * torch.randn(mu.shape, generator=self.generator, device=mu.device)
 
     def _random_action(self, like: torch.Tensor) -> torch.Tensor:
         spec = self.agent.controller.spec
@@ -119,7 +142,8 @@ def load_agent(run_dir: Path, device: str | torch.device = "cpu") -> tuple[World
 _AGENTS: dict[str, WorldModelAgent] = {}  # per worker process: load a run's agent once
 
 
-def agent_policy_factory(run_dir: str, exploration: float, space, rng: np.random.Generator) -> AgentPolicy:
+def agent_policy_factory(run_dir: str, exploration: float, space, rng: np.random.Generator,
+                         latent: Latent = "mean") -> AgentPolicy:
     """A collection policy (``envs.collect``'s factory signature) acting with a run's agent.
 
     Picklable through ``functools.partial(agent_policy_factory, run_dir, exploration)``.
@@ -127,7 +151,7 @@ def agent_policy_factory(run_dir: str, exploration: float, space, rng: np.random
     if run_dir not in _AGENTS:
         torch.set_num_threads(1)  # one core per collection worker
         _AGENTS[run_dir] = load_agent(Path(run_dir))[0]
-    return _AGENTS[run_dir].policy(exploration, rng)
+    return _AGENTS[run_dir].policy(exploration, rng, latent)
 
 
 def export_agent(run_dir: Path, out: Path) -> list[Path]:
@@ -138,6 +162,7 @@ def export_agent(run_dir: Path, out: Path) -> list[Path]:
     from world_models.latents import latent_dir, load_latent_cache
 
     run_dir, out = Path(run_dir), Path(out)
+    load_agent(run_dir)  # a missing, damaged or mismatched part is one line before anything is written
     written = copy_weights(run_dir, out, ("vae", "mdnrnn", CONTROLLER_DIR))
     latents = load_latent_cache(run_dir)
     starts = latents.offsets[:-1]

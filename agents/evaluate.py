@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.agent import load_agent
-from envs.collect import run_episode
+from agents.agent import Latent, agent_policy_factory, load_agent
+from envs.collect import PolicyFactory, run_episode
 from envs.errors import UserError
 from envs.make import make_env
 from envs.workers import WorkerPool
@@ -40,25 +40,41 @@ class EvalResult:
                 "seeds": self.seeds, "returns": self.returns, "lengths": self.lengths, **self.extra}
 
 
-def _real_episode_worker(run_dir: str, env_id: str):
+def _real_episode_worker(env_id: str, policy_factory: PolicyFactory, keep_actions: bool = False):
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
     env = make_env(env_id)
-    agent, _ = load_agent(Path(run_dir))
 
-    def play(seed: int) -> tuple[float, int]:
-        episode = run_episode(env, agent.policy(), seed)
-        return episode.total_reward, len(episode)
+    def play(seed: int) -> tuple:
+        # the policy's rng is the episode's seed: a scripted or sampling policy replays exactly
+        episode = run_episode(env, policy_factory(env.action_space, np.random.default_rng(seed)), seed)
+        return (episode.total_reward, len(episode)) + ((episode.actions.tolist(),) if keep_actions else ())
 
     return play
 
 
 def evaluate_real(run_dir: Path, env_id: str, seeds: list[int], workers: int = 1,
-                  on_result=None) -> EvalResult:
-    """One real-env episode per seed, spread over ``workers`` processes."""
-    init = functools.partial(_real_episode_worker, str(run_dir), env_id)
+                  on_result=None, latent: Latent = "mean") -> EvalResult:
+    """One real-env episode per seed of the run's agent, spread over ``workers`` processes.
+
+    ``latent``: the agent acts on z = mu(V(frame)) (``mean``, the package's agent) or on z drawn
+    from V's posterior (``sample``; the noise is a function of the episode's seed).
+    """
+    factory = functools.partial(agent_policy_factory, str(run_dir), 0.0, latent=latent)
+    return evaluate_policy(env_id, factory, seeds, workers, on_result)
+
+
+def evaluate_policy(env_id: str, policy_factory: PolicyFactory, seeds: list[int], workers: int = 1,
+                    on_result=None, keep_actions: bool = False) -> EvalResult:
+    """One real-env episode per seed with any ``policy_factory(action_space, rng) -> policy``
+    (``envs.collect``'s signature; picklable, the workers are spawned processes; rng seeded by
+    the episode's seed). ``keep_actions``: every episode's actions go to ``extra["actions"]``."""
+    init = functools.partial(_real_episode_worker, env_id, policy_factory, keep_actions)
     with WorkerPool(init, workers) as pool:
         results = pool.map(seeds, on_result=on_result)
-    return EvalResult("real", list(seeds), [float(r) for r, _ in results], [int(n) for _, n in results])
+    result = EvalResult("real", list(seeds), [float(r[0]) for r in results], [int(r[1]) for r in results])
+    if keep_actions:
+        result.extra["actions"] = [r[2] for r in results]
+    return result
 
 
 def evaluate_dream(dream: DreamVecEnv, controller, seed: int) -> EvalResult:
@@ -174,9 +190,19 @@ def load_start_latents(run_dir: Path, device) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _videos(run_dir: Path, env_id: str, args, dream_config: DreamConfig) -> list[str]:
-    agent, _ = load_agent(run_dir)
-    real_path, _ = real_episode_video(run_dir, env_id, args.seed, Path(args.video) / "real_episode.mp4")
+    videos = episode_videos(run_dir, env_id, args.seed, Path(args.video), dream_config)
+    return [videos["real"], videos["dream"]]
+
+
+def episode_videos(run_dir: Path, env_id: str, seed: int, out: Path, dream_config: DreamConfig | None = None) -> dict:
+    """``out/real_episode.mp4`` (``real_episode_video``) and ``out/dream_episode.mp4``
+    (``dream_episode_video``, in the dream the controller was trained in unless ``dream_config``),
+    both on ``seed``; returns their paths and returns."""
+    agent, info = load_agent(run_dir)
+    real_path, real_return = real_episode_video(run_dir, env_id, seed, out / "real_episode.mp4")
     start_mu, start_log_sigma = load_start_latents(run_dir, "cpu")
-    dream_path, _ = dream_episode_video(agent.mdnrnn, agent.vae, start_mu, start_log_sigma, agent.controller,
-                                        dream_config, args.seed, Path(args.video) / "dream_episode.mp4")
-    return [str(real_path), str(dream_path)]
+    dream_path, dream_return = dream_episode_video(
+        agent.mdnrnn, agent.vae, start_mu, start_log_sigma, agent.controller,
+        dream_config or DreamConfig(**info.get("dream", {})), seed, out / "dream_episode.mp4")
+    return {"real": str(real_path), "real_return": real_return, "dream": str(dream_path),
+            "dream_return": dream_return}

@@ -26,21 +26,22 @@ import time
 from pathlib import Path
 
 from agents.agent import CONTROLLER_DIR, agent_policy_factory, copy_weights
-from agents.evaluate import evaluate_real, load_start_latents
+from agents.evaluate import episode_videos, evaluate_real, load_start_latents
 from agents.presets import PipelineSettings
 from agents.report import learning_curve
 from agents.train_controller import ControllerConfig, dream_config, train_controller
 from envs.collect import collect
 from envs.episodes import atomic_write_json, iter_episodes
-from envs.errors import UserError
+from envs.errors import CorruptFileError, UserError
 from world_models.dream import held_action_lengths
-from world_models.runlog import resolve_device
+from world_models.runlog import WandbRun, pipeline_wandb, resolve_device, set_pipeline_stage, to_jsonable
 from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
 UNFINISHED_FILE = "stages_unfinished.json"  # wall-clock of stage invocations that did not finish
 ROUNDS_DIR = "rounds"
+VIDEOS_DIR = "videos"  # RUN/videos/{real,dream}_episode.mp4, written by the final ``videos`` stage
 VALIDATION_SEED = 500_000  # per-round real scores, the ones to look at when choosing settings
 EVAL_SEED = 1_000_000  # the final evaluation: never a collection or validation seed
 
@@ -56,13 +57,14 @@ class Stages:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / STAGES_FILE
         self.unfinished_path = Path(run_dir) / UNFINISHED_FILE
-        self.done: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.unfinished: dict = json.loads(self.unfinished_path.read_text()) if self.unfinished_path.exists() else {}
+        self.done: dict = _read_json(self.path)
+        self.unfinished: dict = _read_json(self.unfinished_path)
 
     def run(self, name: str, work, describe=lambda result: result) -> dict:
         if name in self.done:
             print(f"[{name}] already done ({self.done[name]['seconds']:.0f}s): skipped")
             return self.done[name]["summary"]
+        set_pipeline_stage(name)  # a later round's stage logs into W&B namespaces of its own
         earlier = self.unfinished.get(name, 0.0)
         print(f"[{name}] started" + (f" (again; {earlier:.0f}s spent before)" if earlier else ""), flush=True)
         start = time.perf_counter()
@@ -80,42 +82,58 @@ class Stages:
         return summary
 
 
+def _read_json(path: Path) -> dict:
+    """A bookkeeping file ({} when absent); CorruptFileError, one line naming it, when damaged."""
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"corrupt {path}: {error} (restore it, or remove it to run every stage again)") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"corrupt {path}: expected a JSON object")
+    return value
+
+
 def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto", wandb_mode: str = "disabled",
-                 progress: bool = True, preset: str = "") -> dict:
-    """Run (or resume) every stage; returns the final summary (also in ``RUN/summary.json``)."""
-    most_restarts = settings.restarts + settings.final_restarts
-    if settings.restarts < 1 or settings.final_restarts < 0 or (most_restarts > 1 and settings.val_episodes < 1):
-        raise UserError("--restarts must be at least 1 and --final-restarts at least 0; more than one CMA-ES "
-                        "run per round needs --val-episodes > 0 to choose by")
-    if settings.done_critics < 0 or (settings.done_critics and settings.val_episodes < 1):
-        raise UserError("--done-critics must be at least 0, and needs --val-episodes > 0 (earlier rounds' Ms "
-                        "are kept after their validation)")
-    if min(settings.probe_episodes, settings.extra_probe_episodes, settings.max_extra_probes,
-           settings.vae_episodes) < 0 or settings.held_action_limit < 0:
-        raise UserError("--probe-episodes, --extra-probe-episodes, --max-extra-probes, --vae-episodes and "
-                        "--held-action-limit must be at least 0")
+                 progress: bool = True, preset: str = "", overrides: dict | None = None) -> dict:
+    """Run (or resume) every stage; returns the final summary (also in ``RUN/summary.json``).
+
+    ``preset`` and ``overrides`` (the settings the command line changed) are recorded in
+    ``RUN/pipeline_config.json`` beside the resolved settings."""
+    settings.check()  # every bound before any work: a bad value never costs a collection
+    _stage_configs(settings, Path(run_dir), {"device": device, "wandb_mode": wandb_mode, "progress": progress})
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "pipeline_config.json", {"preset": preset, **dataclasses.asdict(settings)})
+    config = to_jsonable({"preset": preset, "overrides": overrides or {}, **dataclasses.asdict(settings)})
+    atomic_write_json(run_dir / "pipeline_config.json", config)
+    with pipeline_wandb(run_dir, wandb_mode, config) as wandb_run:  # one W&B run, resumed with the pipeline
+        summary = _run_stages(settings, run_dir, device, wandb_mode, progress)
+        if wandb_run is not None:
+            _log_results(wandb_run, run_dir)
+    return summary
+
+
+def _run_stages(s: PipelineSettings, run_dir: Path, device: str, wandb_mode: str, progress: bool) -> dict:
+    """Every stage in order, the finished ones skipped; writes ``RUN/summary.json`` and the learning curve."""
     stages = Stages(run_dir)
     data = run_dir / "data"
     common = {"device": device, "wandb_mode": wandb_mode, "progress": progress}
-    s = settings
+
     def collect_random(total: int):
         return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, policy=s.policy,
                                progress=progress)
 
     for_vae = min(s.vae_episodes, s.episodes) if s.vae_episodes else s.episodes
     stages.run("collect", collect_random(for_vae), dataclasses.asdict)
-    stages.run("vae", lambda: train_vae(VAEConfig(
-        data=data, run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs, batch_size=s.vae_batch, lr=s.vae_lr,
-        seed=s.seed, **common)))
+    stages.run("vae", lambda: train_vae(_vae_config(s, run_dir, common)))
     if for_vae < s.episodes:  # the rest of the random rollouts, for M only
         stages.run("collect_rest", collect_random(s.episodes), dataclasses.asdict)
     for k in range(1, s.iterations + 1):
         _train_round(k, s, run_dir, data, stages, common, progress)
     _select_round(stages, s, run_dir)
     result = _play_real(stages, stage_name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes)
+    stages.run("videos", lambda: _videos(run_dir, s.env))
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
     learning_curve(run_dir)
@@ -139,11 +157,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, progress=progress, **policy)
 
     def train_m():  # epochs count from M's first round, so a round continues the last one's M
-        return train_mdnrnn(MDNRNNConfig(
-            run_dir=run_dir, data=data, hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
-            batch_size=s.mdn_batch, epochs=_mdn_epochs(s, k, stages), lr=s.mdn_lr, keep_best=s.mdn_keep_best,
-            patience=s.mdn_patience, late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight,
-            seed=s.seed, **common))
+        return train_mdnrnn(_mdn_config(s, run_dir, common, _mdn_epochs(s, k, stages)))
 
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
@@ -211,6 +225,26 @@ def _collected(s: PipelineSettings, k: int, stages: Stages) -> int:
             + _extra_probe_passes(stages) * s.extra_probe_episodes)
 
 
+def _stage_configs(s: PipelineSettings, run_dir: Path, common: dict) -> None:
+    """Check the configs every stage will get (device, paths, bounds) before the first stage runs."""
+    _vae_config(s, run_dir, common).check()
+    _mdn_config(s, run_dir, common, s.mdn_epochs).check()
+    _controller_config(s, run_dir, common, generations=s.generations).check()
+
+
+def _vae_config(s: PipelineSettings, run_dir: Path, common: dict) -> VAEConfig:
+    return VAEConfig(data=run_dir / "data", run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs,
+                     batch_size=s.vae_batch, lr=s.vae_lr, seed=s.seed, **common)
+
+
+def _mdn_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -> MDNRNNConfig:
+    """M's config; ``epochs`` counts from M's first round (a later round continues the last one's M)."""
+    return MDNRNNConfig(
+        run_dir=run_dir, data=run_dir / "data", hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
+        batch_size=s.mdn_batch, epochs=epochs, lr=s.mdn_lr, keep_best=s.mdn_keep_best, patience=s.mdn_patience,
+        late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **common)
+
+
 def _controller_config(s: PipelineSettings, run_dir: Path, common: dict, **overrides) -> ControllerConfig:
     """CMA-ES in the dream with the run's settings (the dream's temperature, death rule and length)."""
     return ControllerConfig(
@@ -254,6 +288,45 @@ def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, fi
         return result
 
     return stages.run(name, play, lambda r: r.to_dict())
+
+
+def _videos(run_dir: Path, env_id: str) -> dict:
+    """Stage: ``RUN/videos/real_episode.mp4`` (the env's frames beside V's reconstruction) and
+    ``RUN/videos/dream_episode.mp4`` (a dream decoded through V), one episode each on the first
+    evaluation seed, with W&B on or off. Paths in the summary are relative to the run directory."""
+    videos = episode_videos(run_dir, env_id, EVAL_SEED, run_dir / VIDEOS_DIR)
+    return {**videos, **{key: str(Path(videos[key]).relative_to(run_dir)) for key in ("real", "dream")}}
+
+
+def _log_results(run: WandbRun, run_dir: Path) -> None:
+    """The pipeline's results in its W&B run: each round's validation score (``validate/mean`` at
+    ``validate/step`` = round) and episodes (a table), the final evaluation's episodes, the summary
+    values, the learning curve and the videos. A resumed pipeline logs them again (every stage
+    skipped): cheap, and a run killed after its last stage still gets them."""
+    stages = Stages(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    columns = ["seed", "return", "length"]
+    validation = []
+    for k, name in enumerate([name for name in stages.done if name.startswith("validate")], start=1):
+        result = stages.done[name]["summary"]
+        run.log("validate", {"mean": result["mean"], "std": result["std"]}, step=k)
+        validation += [[k, *row] for row in _episode_rows(result)]
+    if validation:
+        run.table("validate/episodes", ["round", *columns], validation)
+    run.table("evaluate/episodes", columns, _episode_rows(stages.done[_last(stages, "evaluate")]["summary"]))
+    keys = ("real_mean", "real_std", "real_episodes", "dream_score", "deployed_round", "real_frames_used",
+            "seconds_total")
+    run.summary({f"evaluate/{key}": summary[key] for key in keys}
+                | {f"seconds/{name}": seconds for name, seconds in summary["seconds_per_stage"].items()})
+    if (run_dir / "images" / "learning_curve.png").exists():
+        run.image("report/learning_curve", run_dir / "images" / "learning_curve.png")
+    videos = stages.done["videos"]["summary"]
+    for which in ("real", "dream"):
+        run.video(f"videos/{which}_episode", run_dir / videos[which])
+
+
+def _episode_rows(result: dict) -> list[list]:
+    return [list(row) for row in zip(result["seeds"], result["returns"], result["lengths"], strict=True)]
 
 
 def _seeds(first: int, episodes: int) -> list[int]:

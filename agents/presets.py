@@ -1,159 +1,258 @@
-"""Named pipeline presets: documented settings for a whole run, any field overridable.
+"""Pipeline settings and named presets (recipes) that stack.
 
-``doom-take-cover`` is sized for one 2-core machine and ~90 minutes; ``doom-take-cover-paper``
-holds the paper's settings (Ha & Schmidhuber 2018) for users with more hardware.
+A preset is a named overlay of settings, optionally on top of base presets. ``--preset A B``
+applies A's overlay (with its bases), then B's, over the neutral defaults of
+``PipelineSettings``; any ``--setting VALUE`` on the command line comes last. So a recipe is a
+base preset plus a few overrides (``doom-take-cover-3000``), and ``tiny`` turns any recipe into
+a minutes-long smoke run of every stage. What each preset scored is in ``docs/``, not here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from envs.checks import at_least, flag, in_range, one_of, positive
+from envs.errors import UserError
 
 
 @dataclass
 class PipelineSettings:
-    """Every setting of a pipeline run (collect -> V -> latent cache -> M -> C -> evaluation)."""
+    """Every setting of a pipeline run (collect -> V -> latent cache -> M -> C -> evaluation).
 
-    env: str = "VizdoomTakeCover-v1"
+    The defaults are neutral: one pass of the World Models recipe with every optional mechanism
+    off. The presets hold the values of tested recipes."""
+
+    env: str = ""
+    """Gymnasium id of the real env (ALE/<Game>-v5, Vizdoom...-v1, CarRacing-v3); a preset names it."""
     episodes: int = 300
-    """Random-policy rollouts to collect."""
+    """Random-policy rollouts to collect (seeds seed, seed + 1, ...)."""
     vae_episodes: int = 0
-    """V trains on the first this-many random rollouts only; the rest are collected after V, for M
-    (0 = V trains on all of them). V's cost grows with its data, M's done head (one death per
-    episode) needs many episodes, and collecting one costs ~0.1 s on 2 cores."""
+    """V trains on the first this-many random rollouts only and the rest are collected after V,
+    for M alone (0: V trains on all of them). V's cost grows with its data; M's done head sees
+    one death per episode."""
     policy: str = "held"
-    """Collection policy: random | held."""
+    """Policy of the random rollouts: random (uniform actions) | held (a random action held for
+    1-10 steps, the World Models Doom policy)."""
     collect_workers: int = 2
+    """Worker processes that collect episodes, each with its own env."""
     z_dim: int = 64
+    """Size of V's latent z."""
     vae_epochs: int = 3
+    """Epochs of V over its rollouts."""
     vae_batch: int = 100
+    """Frames per V batch."""
     vae_lr: float = 1e-3
+    """V's Adam learning rate."""
     hidden: int = 256
+    """LSTM units of M."""
     mixtures: int = 5
+    """Gaussians per latent dimension in M's mixture."""
     seq_len: int = 200
+    """Steps per M training sequence."""
     mdn_epochs: int = 30
+    """Epochs of M in round 1."""
     mdn_batch: int = 32
+    """Sequences per M batch."""
     mdn_lr: float = 1e-3
+    """M's Adam learning rate."""
     mdn_keep_best: str = ""
-    """M keeps the epoch of each round with the lowest held-out loss of this name, e.g.
-    val_done_loss ('' keeps the last epoch). Continued training overfits M's done head (held-out
-    done loss 0.077 -> 0.120 over five rounds while val_nll still fell); keeping the best epoch
-    holds it at ~0.075, but two runs with it scored no better (182, 193), so it is off."""
+    """M keeps the epoch of each round with the lowest held-out loss of this name (val_loss,
+    val_nll, val_done_loss or val_reward_loss); '' keeps the last epoch."""
     mdn_patience: int = 10
     """With mdn_keep_best: stop a round's M training after this many epochs without a new best."""
     temperature: float = 1.15
+    """Dream sampling temperature tau of M's mixture (paper Doom: 1.15)."""
     done_mode: str = "threshold"
     """How a dream dies from M's done head: threshold (p > 0.5, the paper's rule) | sample
-    (Bernoulli of p, calibrated for the done loss's weight on deaths). On one M, sampled deaths
-    gave real 379 against 268 for the threshold rule (50 validation episodes), but a whole
-    pipeline run with them stayed at the random policy's level (182), so threshold stays."""
+    (Bernoulli of p, calibrated for the weight M's done loss gives deaths)."""
     dream_max_steps: int = 2100
-    """Dream episodes are cut here (the real env's 2100-step limit)."""
+    """Dream episodes are cut here (TakeCover's real limit is 2100 steps)."""
     generations: int = 30
+    """CMA-ES generations per round (round 1: first_round_generations when there are later rounds)."""
     population: int = 64
+    """CMA-ES candidates per generation (pycma needs at least 4)."""
     rollouts: int = 16
+    """Dream rollouts per candidate; its fitness is their mean return."""
     eval_every: int = 10
+    """Re-evaluate CMA-ES's best candidate and mean every this-many generations."""
     eval_rollouts: int = 256
+    """Dream rollouts of that re-evaluation."""
     include_cell: bool = False
+    """Feed C the LSTM cell c as well as [z, h]."""
     eval_episodes: int = 100
-    """Real episodes of the final evaluation (seeds 1,000,000+)."""
+    """Real episodes of the final evaluation (seeds 1,000,000+, used for nothing else)."""
     val_episodes: int = 20
-    """Real episodes after every round on the validation seeds (500,000+); 0 skips them."""
+    """Real episodes after every round on the validation seeds (500,000+), the scores to choose
+    settings and rounds by; 0 skips them."""
     workers: int = 2
-    """Worker processes for real-env evaluation (and real-env training)."""
-    iterations: int = 5
-    """Iterative training rounds (1 = the paper's single pass on random data). Each later round
-    collects with the agent, so M learns what the controller's favourite moves really lead to.
-    A later round costs ~7-30 min on 2 cores, mostly CMA-ES in the dream, whose cost is the dream's
-    length (an exploited dream runs to the 2100-step cap)."""
+    """Worker processes for real-env episodes (validation, evaluation, real-env fitness)."""
+    iterations: int = 1
+    """Training rounds. 1 is the paper's single pass on random data; each later round first plays
+    iteration_episodes with the current agent, continues M on all the data and trains C afresh."""
     iteration_episodes: int = 100
     """Episodes collected with the current agent in each later round."""
     probe_episodes: int = 0
-    """Episodes per round played with one random action held throughout (policy ``constant``),
-    added to the data after V in round 1 and after the agent's episodes in later rounds. The
-    cheapest exploit of a dream is a constant action that M believes survives (running into a
-    wall); the agent's own episodes teach M only about the action it used, and another one opens."""
+    """Episodes per round played with one random action held throughout (policy constant), added
+    after V in round 1 and after the agent's episodes later, so that M learns where every held
+    action leads (a held move M believes survives is the cheapest exploit of a dream)."""
     held_action_limit: float = 0.0
-    """Adaptive probes: after each round's M, play every action held throughout in 64 dreams (the
-    round's temperature and death rule, ~10 s); while one lives longer than this many dream steps
-    on average, add ``extra_probe_episodes`` probes and train M ``extra_mdn_epochs`` more, at most
-    ``max_extra_probes`` times per round (0 turns the check off). In the real env a held action
-    dies at ~164 steps; a round whose M let one live ~900 steps trained a controller on that
-    exploit, while every round at <= 260 steps that found a policy found a real one. Off in the
-    preset: one run with 300 (seed 6) closed the exploit in every round but scored 526.5, against
-    634.2 without it, because CMA-ES then rarely found a long-surviving policy in the dream."""
+    """Adaptive probes: after each round's M, play every action held throughout in 64 dreams; while
+    one lives longer than this many dream steps on average, add extra_probe_episodes probes and
+    train M extra_mdn_epochs more, at most max_extra_probes times per round (0: off)."""
     extra_probe_episodes: int = 30
     """Probe episodes added by each pass of the held-action check."""
     extra_mdn_epochs: int = 10
     """Epochs M trains on all the data after each pass's extra probes."""
     max_extra_probes: int = 3
-    """Passes of extra probes per round at most (the controller trains on the last M either way)."""
+    """Passes of extra probes per round at most (C trains on the last M either way)."""
     exploration: float = 0.1
     """Probability of a random action when collecting with the agent."""
     round_mdn_epochs: int = 30
     """Epochs M trains on all the data in each later round (continuing the previous round's M)."""
     late_episode_weight: int = 1
     """M draws the sequences of the episodes collected after the random rollouts (the agent's and
-    the probes') this many times per epoch, in place of as many random-rollout sequences (an epoch
-    costs the same). With 3,000 random rollouts a round's agent episodes are ~2% of M's steps
-    (~11% with the preset's 300), so M hardly learns where the controller's moves really lead.
-    A fixed multiple grows with the data: with 5 (`tc-v28`, solved) those episodes were 8% of M's
-    draws in round 1 and 94% in round 5."""
+    the probes') this many times per epoch, in place of as many random-rollout sequences, so an
+    epoch costs the same (1: every sequence once)."""
     first_round_generations: int = 10
-    """CMA-ES generations in round 1 when there are later rounds. Round 1's dream (M on random
-    data only) is long and exploitable, so its generations cost the most and its controller
-    mostly serves to show M its exploit; later rounds use ``generations``."""
+    """CMA-ES generations in round 1 when there are later rounds: round 1's M has seen random data
+    only, so its controller mostly shows the next round's M what it exploits."""
     final_generations: int = 0
     """Extra CMA-ES generations in the last round (the same search, run longer)."""
     restarts: int = 1
-    """CMA-ES runs per round (seeds seed, seed + 1, ...), the best on the validation episodes kept
-    (needs val_episodes > 0; the round's validation score is then that of the best restart).
-    Measured on one M: three restarts scored 268 / 359 / 888 on 50 validation episodes, and the
-    best 752 on the evaluation episodes; each restart costs a round's CMA-ES time again."""
+    """CMA-ES runs per round (seeds seed, seed + 1, ...); the best on the validation episodes is
+    kept (needs val_episodes > 0). Each restart costs the round's CMA-ES time again."""
     final_restarts: int = 0
-    """Extra CMA-ES runs in the last round only (seeds seed + restarts, ...), chosen among with the
-    round's others on the validation episodes: the last round's M is the best-informed, so a
-    restart there costs one round's CMA-ES time instead of ``iterations`` times it."""
+    """Extra CMA-ES runs in the last round only, chosen among with the round's others on the
+    validation episodes (the last round's M is the best-informed)."""
     done_critics: int = 0
-    """C of a later round also dies in the dream where the M of any of the previous this-many rounds
-    predicts death (each round's M is kept in ``RUN/rounds/K``; the most pessimistic done logit
-    decides), so it cannot live on the current M's missed deaths. Costs one more M step per dream
-    step per critic. Needs ``val_episodes`` > 0 (the rounds are kept after validation). Off in the
-    preset: on one M, two CMA-ES runs with the previous round's M as critic scored dream 1338 / 1405
-    and real 664 / 698 (200 episodes each) against 1592 / 1590 and 683 / 730 without it."""
+    """A later round's dream also dies where the M of any of the previous this-many rounds predicts
+    death (the largest done logit decides); each critic costs one more M step per dream step.
+    Needs val_episodes > 0 (the rounds' Ms are kept after validation)."""
     select_round: bool = True
     """Deploy the round whose agent scored best on the validation seeds (each round's M and C are
-    kept in ``RUN/rounds/K``); off deploys the last round's. Needs ``val_episodes`` > 0."""
+    kept in RUN/rounds/K); off deploys the last round's. Needs val_episodes > 0."""
     warm_start: bool = False
-    """Start each later round's CMA-ES from the current controller. Off by default: a warm start
-    (sigma0 0.1) stays in the previous round's exploit even after M has learned that it kills."""
+    """Start each later round's CMA-ES from the current controller instead of from zero."""
     seed: int = 0
+    """Seeds collection (episode seeds seed, seed + 1, ...), V, M and CMA-ES."""
+
+    def check(self) -> None:
+        """One-line UserError for the first setting out of bounds (before any work starts)."""
+        from envs.make import check_env_id
+
+        if not self.env:
+            raise UserError("no env: name a preset (--preset doom-take-cover) or an --env")
+        check_env_id(self.env)
+        one_of("policy", self.policy, ("random", "held"))
+        one_of("done_mode", self.done_mode, ("threshold", "sample"))
+        one_of("mdn_keep_best", self.mdn_keep_best, ("", "val_loss", "val_nll", "val_done_loss", "val_reward_loss"))
+        for name in ("episodes", "collect_workers", "z_dim", "vae_epochs", "vae_batch", "hidden", "mixtures",
+                     "seq_len", "mdn_epochs", "mdn_batch", "generations", "rollouts", "eval_every", "eval_rollouts",
+                     "eval_episodes", "workers", "iterations", "dream_max_steps", "late_episode_weight",
+                     "first_round_generations", "restarts"):
+            at_least(name, getattr(self, name), 1)
+        for name in ("vae_episodes", "mdn_patience", "val_episodes", "iteration_episodes", "probe_episodes",
+                     "held_action_limit", "extra_probe_episodes", "extra_mdn_epochs", "max_extra_probes",
+                     "round_mdn_epochs", "final_generations", "final_restarts", "done_critics", "seed"):
+            at_least(name, getattr(self, name), 0)
+        at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
+        for name in ("temperature", "vae_lr", "mdn_lr"):
+            positive(name, getattr(self, name))
+        in_range("exploration", self.exploration, 0.0, 1.0)
+        if self.iterations > 1 and self.iteration_episodes < 1:
+            raise UserError("--iteration-episodes must be at least 1 when --iterations > 1")
+        needs_validation = [flag for flag, on in (("--restarts > 1", self.restarts > 1),
+                                                  ("--final-restarts", self.final_restarts > 0),
+                                                  ("--done-critics", self.done_critics > 0)) if on]
+        if needs_validation and self.val_episodes < 1:
+            raise UserError(f"{', '.join(needs_validation)} needs --val-episodes > 0 to choose by "
+                            "(earlier rounds' Ms are kept after their validation)")
 
 
-PRESETS: dict[str, PipelineSettings] = {
-    # One CPU, ~90 min: fewer rollouts than the paper, a smaller M, short CMA-ES runs, and
-    # iterative training to close the exploits a random-data M leaves open (wall hugging), with
-    # 90 constant-action probes per round so that no held action survives in the dream.
-    # M continues 20 epochs per round (not 30) to keep the larger dataset within the budget.
-    "doom-take-cover": PipelineSettings(probe_episodes=90, round_mdn_epochs=20),
-    # The paper's settings (REFERENCE.md section 1): 10,000 rollouts, M 512, seq 500, batch 100,
-    # V lr 1e-4, population 64 x 16 rollouts, re-evaluation on 1024 rollouts every 25 generations.
-    "doom-take-cover-paper": PipelineSettings(
-        episodes=10_000, collect_workers=64, vae_epochs=10, vae_lr=1e-4, hidden=512, seq_len=500,
-        mdn_epochs=20, mdn_batch=100, done_mode="threshold", generations=300, eval_every=25,
-        eval_rollouts=1024, include_cell=True, workers=64, iterations=1,
-    ),
-    # A minutes-long smoke run of the whole pipeline (tests, first try on a new machine).
-    "doom-take-cover-tiny": PipelineSettings(
-        episodes=8, collect_workers=2, z_dim=16, vae_epochs=1, vae_batch=32, hidden=32, seq_len=50,
-        mdn_epochs=2, mdn_batch=8, dream_max_steps=100,
-        generations=2, first_round_generations=2, population=8, rollouts=2, eval_every=1, eval_rollouts=8,
-        eval_episodes=2, val_episodes=1, workers=1, iterations=1, iteration_episodes=2,
-    ),
+@dataclass(frozen=True)
+class Preset:
+    """A named overlay: its bases' settings, then its own."""
+
+    about: str
+    """One line for ``train.py presets`` and the docs."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    bases: tuple[str, ...] = ()
+
+
+PRESETS: dict[str, Preset] = {
+    "doom-take-cover": Preset(
+        "VizDoom TakeCover sized for 2 CPU cores and ~90 minutes: 300 rollouts, 5 rounds of iterative "
+        "training with 90 constant-action probes per round, the round best on validation deployed",
+        {"env": "VizdoomTakeCover-v1", "episodes": 300, "policy": "held", "z_dim": 64, "vae_epochs": 3,
+         "vae_lr": 1e-3, "hidden": 256, "seq_len": 200, "mdn_epochs": 30, "temperature": 1.15,
+         "generations": 30, "first_round_generations": 10, "population": 64, "rollouts": 16, "eval_every": 10,
+         "eval_rollouts": 256, "iterations": 5, "iteration_episodes": 100, "probe_episodes": 90,
+         "round_mdn_epochs": 20, "val_episodes": 20, "eval_episodes": 100}),
+    "doom-take-cover-3000": Preset(
+        "doom-take-cover with 10x the random rollouts (V on the first 900), M 4 epochs per round and "
+        "the rounds' new episodes drawn 5x per epoch, 50 validation episodes: the recipe that solved it",
+        {"episodes": 3000, "vae_episodes": 900, "vae_epochs": 1, "mdn_epochs": 4, "round_mdn_epochs": 4,
+         "val_episodes": 50, "late_episode_weight": 5},
+        bases=("doom-take-cover",)),
+    "doom-take-cover-paper": Preset(
+        "the paper's settings (Ha & Schmidhuber 2018): 10,000 rollouts, M 512 units, seq 500, C on "
+        "[z, h, c], 300 generations re-evaluated on 1024 rollouts every 25, one pass",
+        {"env": "VizdoomTakeCover-v1", "episodes": 10_000, "collect_workers": 64, "vae_epochs": 10,
+         "vae_lr": 1e-4, "hidden": 512, "seq_len": 500, "mdn_epochs": 20, "mdn_batch": 100,
+         "done_mode": "threshold", "generations": 300, "eval_every": 25, "eval_rollouts": 1024,
+         "include_cell": True, "workers": 64, "iterations": 1}),
+    "tiny": Preset(
+        "an overlay that shrinks any recipe to a minutes-long smoke run of every stage "
+        "(stack it last: --preset doom-take-cover-3000 tiny)",
+        {"episodes": 8, "collect_workers": 2, "z_dim": 16, "vae_epochs": 1, "vae_batch": 32, "hidden": 32,
+         "seq_len": 50, "mdn_epochs": 2, "mdn_batch": 8, "round_mdn_epochs": 1, "dream_max_steps": 100,
+         "generations": 2, "first_round_generations": 2, "population": 8, "rollouts": 2, "eval_every": 1,
+         "eval_rollouts": 8, "eval_episodes": 2, "val_episodes": 1, "workers": 1, "iterations": 1,
+         "iteration_episodes": 2, "probe_episodes": 0}),
+    "doom-take-cover-tiny": Preset(
+        "doom-take-cover tiny: a minutes-long smoke run (tests, a first try on a new machine)",
+        bases=("doom-take-cover", "tiny")),
 }
 
 
-def resolve(preset: str, overrides: dict) -> PipelineSettings:
-    """The preset with every non-None override applied."""
-    base = PRESETS[preset]
-    names = {f.name for f in fields(PipelineSettings)}
-    return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})
+def overlay(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The settings of presets stacked left to right (each with its bases first)."""
+    settings: dict[str, Any] = {}
+    for name in names:
+        if name not in PRESETS:
+            raise UserError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)} (python train.py presets)")
+        preset = PRESETS[name]
+        settings.update(overlay(preset.bases))
+        settings.update(preset.settings)
+    return settings
+
+
+def preset_settings(*names: str, **overrides: Any) -> PipelineSettings:
+    """PipelineSettings of the stacked presets with ``overrides`` applied last."""
+    return replace(PipelineSettings(), **{**overlay(names), **overrides})
+
+
+def changed_settings(settings: PipelineSettings, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The settings that differ from the stacked presets' values (what the command line overrode)."""
+    base = dataclasses.asdict(preset_settings(*names))
+    return {f.name: getattr(settings, f.name) for f in fields(settings) if getattr(settings, f.name) != base[f.name]}
+
+
+def describe_presets() -> list[str]:
+    """Lines for ``train.py presets``: each preset, its bases and its own settings."""
+    lines = []
+    for name, preset in PRESETS.items():
+        lines.append(f"{name}: {preset.about}")
+        if preset.bases:
+            lines.append(f"    = {' + '.join(preset.bases)}" + (" + these:" if preset.settings else ""))
+        if preset.settings:
+            lines.append("    " + " ".join(_as_flag(name, value) for name, value in preset.settings.items()))
+    return lines
+
+
+def _as_flag(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return flag(name) if value else flag(f"no_{name}")
+    return f"{flag(name)} {value}"

@@ -22,11 +22,12 @@ from agents.evaluate import load_start_latents
 from agents.fitness import DreamFitness, RealFitness
 from agents.npg import NPGConfig
 from agents.npg_train import RealFeatureEnv, train_npg
+from envs.checks import at_least, directory_to_write, existing_directory, in_range, one_of, positive
 from envs.errors import UserError
 from envs.make import make_env
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
 from world_models.mdnrnn import MDNRNN
-from world_models.runlog import RunLogger, resolve_device
+from world_models.runlog import WANDB_MODES, RunLogger, resolve_device
 from world_models.train_mdnrnn import load_mdnrnn
 from world_models.train_vae import load_vae
 from world_models.training import progress_bar
@@ -47,9 +48,11 @@ class ControllerConfig:
     generations: int = 100
     """CMA-ES generations, or NPG iterations."""
     population: int = 64
+    """CMA-ES candidates per generation (pycma needs at least 4)."""
     rollouts: int = 16
     """Rollouts per member; fitness is their mean return."""
     sigma0: float = 0.1
+    """CMA-ES initial step size."""
     eval_every: int = 25
     """Re-evaluate the best member every K generations."""
     eval_rollouts: int = 256
@@ -65,27 +68,51 @@ class ControllerConfig:
     (Bernoulli of p calibrated for the weight M's done loss gave deaths: a per-step hazard, so a death
     that M cannot time precisely still happens in the dream about as often as in reality)."""
     done_threshold: float = 0.5
+    """With done_mode threshold: a dream dies when M's p(done) exceeds this."""
     done_critics: tuple[Path, ...] = ()
     """Run (or round) directories whose M also decides deaths in the dream: a dream dies where the
     most pessimistic of them and the run's M predicts death, so C cannot live on one M's missed
     deaths. They must share the run's V (e.g. an earlier round's M, ``RUN/rounds/K``)."""
     max_episode_steps: int = 2100
+    """Dream episodes are cut here (TakeCover's real limit is 2100 steps)."""
     npg_envs: int = 256
     """NPG: parallel envs per batch (dream) — real uses --workers envs."""
     npg_horizon: int = 128
     """NPG: steps per env per iteration."""
     max_kl: float = 0.01
+    """NPG: the trust region, mean KL between old and new policy per update."""
     damping: float = 0.1
+    """NPG: damping added to the Fisher-vector products (F + damping * I)."""
     state_dir: str | None = None
     """Subdirectory of the run for the CMA-ES search state (default cmaes_<where>)."""
     warm_start: bool = False
     """Start CMA-ES from the run's current controller (iterative training)."""
     seed: int = 0
+    """Seeds CMA-ES's sampler, the NPG policy and every rollout."""
     device: str = "auto"
     """auto | cpu | cuda (dream)."""
     wandb_mode: str = "disabled"
     """online | offline | disabled"""
     progress: bool = True
+    """Show progress bars."""
+
+    def check(self) -> None:
+        """One-line UserError for the first bad setting (before any work starts)."""
+        for name in ("generations", "rollouts", "eval_every", "eval_rollouts", "workers", "max_episode_steps",
+                     "npg_envs", "npg_horizon"):
+            at_least(name, getattr(self, name), 1)
+        at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
+        at_least("hidden", self.hidden, 0)
+        at_least("seed", self.seed, 0)
+        for name in ("temperature", "sigma0", "max_kl"):
+            positive(name, getattr(self, name))
+        at_least("damping", self.damping, 0)
+        in_range("done_threshold", self.done_threshold, 0.0, 1.0)
+        resolve_device(self.device)
+        one_of("wandb_mode", self.wandb_mode, WANDB_MODES)
+        directory_to_write("run_dir", self.run_dir)
+        for directory in self.done_critics:
+            existing_directory("done_critics", directory, "a run or round directory with an M")
 
 
 def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpec:
@@ -117,8 +144,7 @@ def load_critic(directory: Path, mdn_config: dict, device) -> MDNRNN:
 
 def train_controller(config: ControllerConfig) -> dict:
     """Train C; returns a summary with the best fitness and where the controller was saved."""
-    if config.generations < 1 or config.population < 2 or config.rollouts < 1:
-        raise UserError("--generations and --rollouts must be at least 1 and --population at least 2")
+    config.check()
     device = resolve_device(config.device) if config.where == "dream" else torch.device("cpu")
     mdnrnn, mdn_config = load_mdnrnn(config.run_dir, device)
     spec = controller_spec(mdn_config, config)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.collect import collect  # noqa: E402
-from envs.make import make_env  # noqa: E402
-from envs.policies import random_policy  # noqa: E402
+from envs.collect import collect
+from envs.make import make_env
+from envs.policies import random_policy
 
 
 @dataclass
@@ -37,6 +34,7 @@ class Args:
     episodes: int = 40
     """Episodes per measurement (same seeds for both)."""
     seed: int = 1000
+    """First episode seed."""
 
 
 def _ceiling_worker(env_id: str, seeds: list[int], results) -> None:
@@ -88,4 +86,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__))

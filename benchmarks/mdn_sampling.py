@@ -11,30 +11,34 @@ step. Final line: JSON with both ratios.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# a sibling script: Python puts a script's own folder (benchmarks/) first on sys.path
+from dream import make_model, step_rate
 
-from agents.controller import ControllerPopulation, ControllerSpec  # noqa: E402
-from benchmarks.dream import make_model, step_rate  # noqa: E402
-from world_models import mdnrnn  # noqa: E402
-from world_models.dream import feature_dim  # noqa: E402
+from agents.controller import ControllerPopulation, ControllerSpec
+from world_models import mdnrnn
+from world_models.dream import feature_dim
 
 
 @dataclass
 class Args:
     dreams: int = 1024
+    """Dreams stepped together (a CMA-ES generation: 64 x 16)."""
+    population: int = 64
+    """Controllers among the dreams (each plays dreams / population of them)."""
     z_dim: int = 64
+    """Latent size: mixtures drawn per dream and step."""
     hidden: int = 256
+    """M's LSTM size (the dream-step measurement)."""
     mixtures: int = 5
+    """Mixture components per latent dimension."""
     repeats: int = 100
     """Timed calls (component draws or dream steps) per way."""
 
@@ -55,12 +59,13 @@ def seconds_per_call(fn, repeats: int) -> float:
 
 
 def dream_step_seconds(args: Args) -> float:
-    """Seconds per step of ``args.dreams`` dreams (64 controllers), timed by ``benchmarks/dream.py``."""
+    """Seconds per step of ``args.dreams`` dreams, timed by ``benchmarks/dream.py``."""
     model = make_model(args.z_dim, args.hidden, 3)
     spec = ControllerSpec(feature_dim(args.z_dim, args.hidden, False), 3, discrete=True)
-    params = 0.1 * torch.randn(64, spec.num_params, generator=torch.Generator().manual_seed(0))
+    params = 0.1 * torch.randn(args.population, spec.num_params, generator=torch.Generator().manual_seed(0))
     population = ControllerPopulation(spec, params)
-    return args.dreams / step_rate(model, population, args.dreams // 64, args.repeats, args.z_dim)
+    rollouts = max(1, args.dreams // args.population)
+    return population.size * rollouts / step_rate(model, population, rollouts, args.repeats, args.z_dim)
 
 
 def main(args: Args) -> dict:
@@ -82,4 +87,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__))

@@ -100,6 +100,16 @@ class FrameObservation(gym.ObservationWrapper):
         return preprocess_frame(frame, self.family)
 
 
+def check_env_id(env_id: str) -> Family:
+    """The family of an id that Gymnasium can make here; a one-line UserError otherwise (unknown
+    id, family package missing). Cheap: it builds no env, so commands call it before any work."""
+    family = family_of(env_id)
+    _import_family(family)
+    if env_id not in gym.registry:
+        raise UserError(f"unknown env id {env_id!r}: {family.name} has no such environment")
+    return family
+
+
 def make_env(
     env_id: str,
     render_mode: str | None = None,
@@ -111,11 +121,8 @@ def make_env(
     ``max_episode_steps`` overrides the protocol's step limit (TakeCover: 2100). Extra keyword
     arguments go to ``gymnasium.make``. Works headless: no display is ever opened.
     """
-    family = family_of(env_id)
-    _import_family(family)
+    family = check_env_id(env_id)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # CarRacing's pygame, headless
-    if env_id not in gym.registry:
-        raise UserError(f"unknown env id {env_id!r}: {family.name} has no such environment")
     if max_episode_steps is None:
         max_episode_steps = WORLD_MODELS_DOOM_LIMITS.get(env_id)
     env = gym.make(env_id, render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)

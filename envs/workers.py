@@ -10,12 +10,18 @@ instead of a loop.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing as mp
 import multiprocessing.connection
+import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
 TaskFn = Callable[[Any], Any]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCHED: list[int] = []  # a worker's end of its watcher's pipe
 
 
 class WorkerDiedError(RuntimeError):
@@ -23,13 +29,47 @@ class WorkerDiedError(RuntimeError):
 
 
 def _serve(init: Callable[[], TaskFn], connection) -> None:
+    _die_with_parent()
+    _reap_group_on_exit()
     run = init()
     try:
         while (message := connection.recv()) is not None:
             index, task = message
             connection.send((index, run(task)))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        pass  # the parent went away: an orphan must not linger
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass  # the parent went away (a reset or broken pipe is an OSError): an orphan must not linger
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that started it dies, even by SIGKILL
+    (a worker in the middle of an episode would otherwise play on until its next message)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pipe's EOF still ends the worker after its current task
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _reap_group_on_exit() -> None:
+    """Make this worker a process group of its own, with a watcher process that kills the whole
+    group once the worker is gone, however it ended (SIGKILL included). An env's engine started
+    by the worker (ViZDoom runs the game as a child process that ignores SIGTERM) is in the
+    group, so it dies with its worker instead of running on as an orphan."""
+    if not hasattr(os, "fork"):
+        return
+    os.setpgid(0, 0)
+    read_end, write_end = os.pipe()  # close-on-exec: an engine that execs never holds it
+    if os.fork() == 0:  # the watcher: block until the worker's end of the pipe closes
+        os.closerange(3, read_end)  # hold nothing of the worker's (its pipe to the parent above all)
+        os.closerange(read_end + 1, 65536)
+        while os.read(read_end, 1):
+            pass
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # the worker's engines, and this watcher last
+        os._exit(0)
+    os.close(read_end)
+    _WATCHED.append(write_end)  # held open for the worker's whole life
 
 
 class WorkerPool:
@@ -57,7 +97,7 @@ class WorkerPool:
         results: dict[int, Any] = {}
         deaths: dict[int, int] = {}
         for connection in list(self.workers):
-            self._hand_out(connection, tasks, pending)
+            self._hand_out(connection, tasks, pending, deaths)
         while len(results) < len(tasks):
             for connection in multiprocessing.connection.wait(list(self.workers), timeout=5.0):
                 try:
@@ -69,14 +109,20 @@ class WorkerPool:
                 self.workers[connection][1] = None
                 if on_result is not None:
                     on_result(index, result)
-                self._hand_out(connection, tasks, pending)
+                self._hand_out(connection, tasks, pending, deaths)
         return [results[i] for i in range(len(tasks))]
 
-    def _hand_out(self, connection, tasks, pending) -> None:
-        if pending:
-            index = pending.pop()
-            self.workers[connection][1] = index
+    def _hand_out(self, connection, tasks, pending, deaths) -> None:
+        if not pending:
+            return
+        index = pending.pop()
+        try:
             connection.send((index, tasks[index]))
+        except OSError:  # the worker died between tasks: the task never reached it
+            pending.append(index)
+            self._replace(connection, tasks, pending, deaths)
+            return
+        self.workers[connection][1] = index
 
     def _replace(self, connection, tasks, pending, deaths) -> None:
         process, index = self.workers.pop(connection)
@@ -89,7 +135,7 @@ class WorkerPool:
                 raise WorkerDiedError(f"task {index} killed {deaths[index]} workers in a row; giving up on it")
             pending.append(index)
         new_connection = next(reversed(self.workers))
-        self._hand_out(new_connection, tasks, pending)
+        self._hand_out(new_connection, tasks, pending, deaths)
 
     def close(self) -> None:
         for connection in self.workers:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts processes (CLI runs, worker pools, env engines)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

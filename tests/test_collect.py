@@ -25,6 +25,8 @@ from envs.episodes import (
 )
 from envs.errors import CorruptFileError, UserError
 
+pytestmark = pytest.mark.slow  # starts processes (CLI runs, worker pools, env engines)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

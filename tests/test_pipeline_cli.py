@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_CONTROLLER  # the session's tiny_run fixture is there too
+
+pytestmark = pytest.mark.slow  # starts processes (CLI runs, worker pools, env engines)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,24 +30,6 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
-
-
-TINY_CONTROLLER = ["--generations", 2, "--population", 4, "--rollouts", 2, "--eval-every", 1,
-                   "--eval-rollouts", 4, "--max-episode-steps", 50, "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    data, run_dir = root / "data", root / "run"
-    ok(run("train.py", "collect", "--env", "VizdoomTakeCover-v1", "--episodes", 4, "--out", data,
-           "--policy", "held", "--no-progress"))
-    ok(run("train.py", "vae", "--data", data, "--run-dir", run_dir, "--z-dim", 8, "--epochs", 1,
-           "--batch-size", 32, "--lr", 1e-3, "--no-progress"))
-    ok(run("train.py", "mdnrnn", "--run-dir", run_dir, "--hidden", 16, "--epochs", 1, "--seq-len", 20,
-           "--batch-size", 8, "--no-progress"))
-    ok(run("train.py", "controller", "--run-dir", run_dir, "--algo", "cmaes", *TINY_CONTROLLER))
-    return run_dir
 
 
 def test_training_writes_the_run_directory(tiny_run):
@@ -118,7 +104,7 @@ def test_pipeline_runs_and_resumes(tmp_path):
     assert summary["real_episodes"] == 2 and summary["real_frames_used"] > 0
     assert list(summary["seconds_per_stage"]) == ["collect", "vae", "mdnrnn", "controller", "validate", "collect_2",
                                                   "mdnrnn_2", "controller_2", "validate_2", "select_2",
-                                                  "evaluate_2"]
+                                                  "evaluate_2", "videos"]
     scores = summary["validation_score_per_round"]
     assert len(scores) == 2
     deployed = 2 if scores[1] >= scores[0] else 1  # the best on the validation seeds
@@ -139,7 +125,7 @@ def test_pipeline_runs_and_resumes(tmp_path):
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
     second = ok(run("train.py", "pipeline", *args))
-    assert second.stdout.count("skipped") == 11
+    assert second.stdout.count("skipped") == 12
 
 
 @pytest.mark.parametrize(("scores", "deployed"), [([300.0, 100.0, 200.0], 1), ([100.0, 250.0, 250.0], 3)])

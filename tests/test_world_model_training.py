@@ -24,6 +24,8 @@ from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, late_episode_w
 from world_models.train_vae import VAEConfig, load_vae, train_vae, vae_dir
 from world_models.training import DivergedError
 
+pytestmark = pytest.mark.slow  # starts processes (CLI runs, worker pools, env engines)
+
 ENV = "VizdoomTakeCover-v1"
 Z = 8
 

@@ -42,10 +42,12 @@ def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], config: d
 
 
 def load_checkpoint(directory: Path, name: str = "model", device: str | torch.device = "cpu",
-                    ) -> tuple[dict[str, torch.Tensor], dict]:
+                    expect: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors (on ``device``) and config of a checkpoint.
 
-    Raises UserError when it does not exist and CorruptFileError (one line) when it cannot be read.
+    Raises UserError when it does not exist, CorruptFileError (one line) when it cannot be read,
+    and ConfigMismatchError naming the file when its config lacks any of ``expect`` (a checkpoint
+    of another kind, e.g. V's weights where M's should be).
     """
     directory = Path(directory)
     weights, config_path = directory / f"{name}.safetensors", directory / f"{name}.json"
@@ -60,6 +62,10 @@ def load_checkpoint(directory: Path, name: str = "model", device: str | torch.de
         raise CorruptFileError(f"corrupt checkpoint {weights}: {_first_line(error)}") from None
     if not isinstance(config, dict):
         raise CorruptFileError(f"corrupt checkpoint {config_path}: expected a JSON object")
+    missing = [key for key in expect if key not in config]
+    if missing:
+        raise ConfigMismatchError(f"{weights} is not a {directory.name} checkpoint: its config has no "
+                                  f"{', '.join(missing)} (was it copied from another model?)")
     return tensors, config
 
 
@@ -84,7 +90,8 @@ def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
-def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "",
+                      source: Path | None = None) -> None:
     """Load the tensors whose keys start with ``prefix`` (prefix stripped) into ``module``.
 
     A different architecture (missing, unexpected or differently shaped keys) raises a one-line
@@ -92,7 +99,7 @@ def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
     """
     found = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
     expected = module.state_dict()
-    what = f"checkpoint does not fit {type(module).__name__}"
+    what = f"{'checkpoint' if source is None else source} does not fit {type(module).__name__}"
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ConfigMismatchError(f"{what}: missing {_few(missing)}, unexpected {_few(unexpected)}")

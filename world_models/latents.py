@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from envs.episodes import atomic_write_json, load_episode, seed_of
-from envs.errors import UserError
-from world_models.checkpoint import save_checkpoint
+from envs.errors import CorruptFileError, UserError
+from world_models.checkpoint import load_checkpoint, save_checkpoint
 from world_models.data import (
     LatentEpisodes,
     cache_key,
@@ -63,8 +62,11 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
     directory = latent_dir(run_dir)
     found = read_cache_key(directory)
     if found is not None and {k: found.get(k) for k in key} == key:
-        tensors = load_file(str(directory / "latents.safetensors"))
-        return LatentEpisodes(**tensors), len(train_files)
+        try:
+            return _read_cache(directory), len(train_files)
+        except CorruptFileError as error:  # a cache can always be rebuilt
+            print(f"{error}: encoding the dataset again")
+            found = None
     cached = _reusable_episodes(directory, found, key["vae_sha256"], Path(data_dir))
     latents = _encode_dataset(vae, files, key["episode_stamps"], progress, cached)
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,10 @@ def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,
     stamps = found.get("episode_stamps") or _stamps_of_unchanged_files(found, data_dir)
     if stamps is None:
         return {}
-    old = LatentEpisodes(**load_file(str(path)))
+    try:
+        old = _read_cache(directory)
+    except CorruptFileError:
+        return {}
     if old.num_episodes != len(stamps):
         return {}
     return {stamp: old.episode(e) for e, stamp in enumerate(stamps)}
@@ -131,4 +136,14 @@ def load_latent_cache(run_dir: Path) -> LatentEpisodes:
     path = latent_dir(run_dir) / "latents.safetensors"
     if not path.exists():
         raise UserError(f"{run_dir} has no latent cache: train M with `python train.py mdnrnn --run-dir {run_dir}`")
-    return LatentEpisodes(**load_file(str(path)))
+    return _read_cache(latent_dir(run_dir))
+
+
+def _read_cache(directory: Path) -> LatentEpisodes:
+    """The cache's tensors; CorruptFileError (one line naming the file) when it cannot be read."""
+    tensors, _ = load_checkpoint(directory, name="latents")
+    try:
+        return LatentEpisodes(**tensors)
+    except TypeError:  # other tensors than a latent cache's
+        raise CorruptFileError(f"corrupt latent cache {directory / 'latents.safetensors'}: "
+                               f"unexpected tensors {sorted(tensors)[:4]}") from None

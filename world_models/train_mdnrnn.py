@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from envs.checks import at_least, positive
 from envs.episodes import load_metadata
 from envs.errors import UserError
 from world_models.checkpoint import load_checkpoint, load_module_state, module_state, save_checkpoint
@@ -21,10 +22,11 @@ from world_models.latents import build_latent_cache, cached_episode_seeds
 from world_models.mdnrnn import MDNRNN
 from world_models.runlog import RunLogger, resolve_device
 from world_models.train_vae import load_vae, vae_dir
-from world_models.training import TrainState, check_finite, progress_bar
+from world_models.training import TrainState, check_finite, check_training, progress_bar, report_finished
 
 MDNRNN_DIR = "mdnrnn"
 BEST_NAME = "best"
+MDNRNN_KEYS = ("z_dim", "action_dim", "discrete_actions", "hidden", "mixtures", "env_id", "action_space")
 HELD_OUT_LOSSES = ("val_loss", "val_nll", "val_done_loss", "val_reward_loss")
 
 
@@ -43,13 +45,20 @@ class MDNRNNConfig:
     seq_len: int = 100
     """Steps per training sequence (paper Doom: 500)."""
     batch_size: int = 32
+    """Sequences per batch."""
     epochs: int = 20
+    """Passes over the training sequences, counted from M's first call; a finished run asked for
+    more continues."""
     lr: float = 1e-3
+    """Adam learning rate."""
     grad_clip: float = 1.0
+    """Gradient norm clip."""
     done_weight: float = 10.0
     """Weight of terminal steps in the done loss (released code: 10)."""
     reward_weight: float = 1.0
+    """Weight of the reward head's loss."""
     val_fraction: float = 0.1
+    """Fraction of episodes held out for the validation losses."""
     late_from_seed: int = -1
     """Episodes whose seed is at least this (in iterative training: the agent's and the probes'
     episodes, collected after the random rollouts) are drawn --late-weight times per epoch; -1: none."""
@@ -66,11 +75,24 @@ class MDNRNNConfig:
     patience: int = 0
     """With --keep-best: stop after this many epochs without a new best (0: train every epoch)."""
     seed: int = 0
+    """Seeds the weights and the batches."""
     device: str = "auto"
     """auto | cpu | cuda"""
     wandb_mode: str = "disabled"
     """online | offline | disabled"""
     progress: bool = True
+    """Show progress bars."""
+
+    def check(self) -> None:
+        """One-line UserError for the first bad setting (before any work starts)."""
+        check_training(self, ("hidden", "mixtures", "seq_len", "batch_size", "epochs", "late_weight"))
+        for name in ("grad_clip", "done_weight"):
+            positive(name, getattr(self, name))
+        at_least("reward_weight", self.reward_weight, 0)
+        at_least("patience", self.patience, 0)
+        if self.keep_best and self.keep_best not in HELD_OUT_LOSSES:
+            raise UserError(f"--keep-best {self.keep_best!r} is not a held-out loss: use one of "
+                            f"{', '.join(HELD_OUT_LOSSES)} (or '' to keep the last epoch)")
 
 
 def mdnrnn_dir(run_dir: Path) -> Path:
@@ -79,10 +101,10 @@ def mdnrnn_dir(run_dir: Path) -> Path:
 
 def load_mdnrnn(run_dir: Path, device: str | torch.device = "cpu") -> tuple[MDNRNN, dict]:
     """The trained M of a run, with its config."""
-    tensors, config = load_checkpoint(mdnrnn_dir(run_dir), device=device)
+    tensors, config = load_checkpoint(mdnrnn_dir(run_dir), device=device, expect=MDNRNN_KEYS)
     model = MDNRNN(config["z_dim"], config["action_dim"], config["discrete_actions"], config["hidden"],
                    config["mixtures"]).to(device)
-    load_module_state(model, tensors)
+    load_module_state(model, tensors, source=mdnrnn_dir(run_dir) / "model.safetensors")
     model.eval()
     return model, config
 
@@ -184,23 +206,28 @@ def evaluate_mdnrnn(model: MDNRNN, latents: LatentEpisodes, config: MDNRNNConfig
 
 
 def train_mdnrnn(config: MDNRNNConfig) -> dict:
-    """Train (or resume training) M on the latent cache; returns the final metrics."""
+    """Train (or resume training) M on the latent cache; returns the final metrics (a finished
+    run's own when it has already trained ``config.epochs`` epochs)."""
+    config.check()
     device = resolve_device(config.device)
     vae, vae_config = load_vae(config.run_dir, device)
     data = Path(config.data or vae_config["data"])
     meta = load_metadata(data)
-    latents, num_train = build_latent_cache(config.run_dir, data, vae, vae_dir(config.run_dir) / "model.safetensors",
-                                            config.val_fraction, config.progress)
-    weights = late_episode_weights(cached_episode_seeds(config.run_dir)[:num_train], config)
-    train_latents = latents.subset(range(num_train))
-    val_latents = latents.subset(range(num_train, latents.num_episodes)) if num_train < latents.num_episodes \
-        else train_latents
     model_config = _model_config(meta, vae_config, config)
     torch.manual_seed(config.seed)
     model = MDNRNN(vae_config["z_dim"], model_config["action_dim"], model_config["discrete_actions"],
                    config.hidden, config.mixtures).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     state = TrainState.resume(mdnrnn_dir(config.run_dir), model, optimizer, model_config)
+    if state.epoch >= config.epochs:
+        report_finished("M", mdnrnn_dir(config.run_dir), state.epoch)
+        return dict(state.metrics)
+    latents, num_train = build_latent_cache(config.run_dir, data, vae, vae_dir(config.run_dir) / "model.safetensors",
+                                            config.val_fraction, config.progress)
+    weights = late_episode_weights(cached_episode_seeds(config.run_dir)[:num_train], config)
+    train_latents = latents.subset(range(num_train))
+    val_latents = latents.subset(range(num_train, latents.num_episodes)) if num_train < latents.num_episodes \
+        else train_latents
     logger = RunLogger(config.run_dir, config, "mdnrnn", config.wandb_mode)
     if state.epoch == 0:
         logger.log({"epoch": 0, **evaluate_mdnrnn(model, val_latents, config, device)}, 0)
@@ -217,6 +244,7 @@ def train_mdnrnn(config: MDNRNNConfig) -> dict:
             if state.epoch == config.epochs or best.stale(state.epoch):
                 metrics = best.restore(model, state.epoch)
                 state.epoch = config.epochs  # this call's training is finished
+        state.metrics = metrics
         state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config, {"done_weight": config.done_weight})
         bar.advance(f"nll {metrics['nll']:.3f} val {metrics['val_nll']:.3f} {metrics['steps_per_s']:.0f} steps/s")
         if state.epoch == config.epochs:

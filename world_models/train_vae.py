@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from envs.checks import at_least
 from envs.episodes import load_metadata
 from envs.errors import UserError
 from world_models.checkpoint import load_checkpoint, load_module_state
 from world_models.data import FrameStream, dataset_files, load_frames
 from world_models.runlog import RunLogger, resolve_device
-from world_models.training import TrainState, check_finite, progress_bar
+from world_models.training import TrainState, check_finite, check_training, progress_bar, report_finished
 from world_models.vae import ConvVAE, frames_to_tensor
 
 VAE_DIR = "vae"
@@ -35,8 +36,11 @@ class VAEConfig:
     z_dim: int = 64
     """Latent size (World Models: 32 CarRacing, 64 Doom)."""
     epochs: int = 10
+    """Passes over the training episodes' frames; a finished run asked for more continues."""
     batch_size: int = 100
+    """Frames per batch."""
     lr: float = 1e-4
+    """Adam learning rate (paper: 1e-4)."""
     kl_tolerance: float = 0.5
     """KL floor per latent dim (released code: 0.5); 0 disables it."""
     val_fraction: float = 0.1
@@ -45,6 +49,7 @@ class VAEConfig:
     """Episodes whose frames are shuffled together into batches (RAM: ~4 MB per 300-step episode,
     a few pools in flight). Fewer gives correlated batches (see ``FrameStream``); 8 was the old default."""
     seed: int = 0
+    """Seeds the weights, the episode split's shuffling and the batches."""
     device: str = "auto"
     """auto | cpu | cuda"""
     log_every: int = 20
@@ -52,6 +57,12 @@ class VAEConfig:
     wandb_mode: str = "disabled"
     """online | offline | disabled"""
     progress: bool = True
+    """Show a progress bar."""
+
+    def check(self) -> None:
+        """One-line UserError for the first bad setting (before any work starts)."""
+        check_training(self, ("z_dim", "epochs", "batch_size", "shuffle_episodes", "log_every"))
+        at_least("kl_tolerance", self.kl_tolerance, 0)
 
 
 def vae_dir(run_dir: Path) -> Path:
@@ -60,9 +71,9 @@ def vae_dir(run_dir: Path) -> Path:
 
 def load_vae(run_dir: Path, device: str | torch.device = "cpu") -> tuple[ConvVAE, dict]:
     """The trained V of a run, with its config."""
-    tensors, config = load_checkpoint(vae_dir(run_dir), device=device)
+    tensors, config = load_checkpoint(vae_dir(run_dir), device=device, expect=("z_dim", "env_id"))
     vae = ConvVAE(z_dim=config["z_dim"]).to(device)
-    load_module_state(vae, tensors)
+    load_module_state(vae, tensors, source=vae_dir(run_dir) / "model.safetensors")
     vae.eval()
     return vae, config
 
@@ -95,7 +106,9 @@ def evaluate_vae(vae: ConvVAE, files: list[Path], config: VAEConfig, device: tor
 
 
 def train_vae(config: VAEConfig) -> dict:
-    """Train (or resume training) V; returns the final validation metrics."""
+    """Train (or resume training) V; returns the final validation metrics (a finished run's own
+    when it has already trained ``config.epochs`` epochs)."""
+    config.check()
     device = resolve_device(config.device)
     meta = load_metadata(config.data)
     train_files, val_files = dataset_files(config.data, config.val_fraction)
@@ -104,6 +117,9 @@ def train_vae(config: VAEConfig) -> dict:
     vae = ConvVAE(z_dim=config.z_dim).to(device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     state = TrainState.resume(vae_dir(config.run_dir), vae, optimizer, model_config)
+    if state.epoch >= config.epochs:
+        report_finished("V", vae_dir(config.run_dir), state.epoch)
+        return dict(state.metrics)
     logger = RunLogger(config.run_dir, config, "vae", config.wandb_mode)
     stream = FrameStream(train_files, config.batch_size, seed=config.seed, chunk_episodes=config.shuffle_episodes)
     grid_frames = load_frames(val_files or train_files)[:: 37][:8]
@@ -114,13 +130,11 @@ def train_vae(config: VAEConfig) -> dict:
         metrics.update(evaluate_vae(vae, val_files, config, device))
         logger.log(metrics, state.step)
         logger.image(f"reconstruction_epoch{epoch + 1:03d}", reconstruction_grid(vae, grid_frames), state.step)
-        state.epoch = epoch + 1
+        state.epoch, state.metrics = epoch + 1, metrics
         state.save(vae_dir(config.run_dir), vae, optimizer, model_config)
         bar.advance(f"loss {metrics['loss']:.1f} val {metrics['val_loss']:.1f} {metrics['frames_per_s']:.0f} f/s")
     bar.close()
     logger.close()
-    if state.epoch == 0:
-        raise UserError("--epochs must be at least 1")
     return metrics
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from envs.checks import at_least, directory_to_write, one_of, positive
 from envs.errors import UserError
 from world_models.checkpoint import (
     check_config,
@@ -18,6 +19,7 @@ from world_models.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
+from world_models.runlog import WANDB_MODES, resolve_device, to_jsonable
 
 STATE_NAME = "train_state"
 
@@ -45,6 +47,8 @@ class TrainState:
 
     epoch: int = 0
     step: int = 0
+    metrics: dict = field(default_factory=dict)
+    """The last epoch's metrics, returned again when a finished run is asked for no more epochs."""
 
     def save(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              model_config: dict, extra: dict | None = None) -> None:
@@ -53,7 +57,7 @@ class TrainState:
         tensors.update(optim_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"epoch": self.epoch, "step": self.step, "optimizer": optim_meta, "model": model_config,
-                **(extra or {})}
+                "metrics": to_jsonable(self.metrics), **(extra or {})}
         save_checkpoint(directory, tensors, meta, name=STATE_NAME)
         save_checkpoint(directory, module_state(model), {**model_config, **(extra or {})})
 
@@ -70,7 +74,29 @@ class TrainState:
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng.torch"].cpu())
         print(f"resuming {what} from {directory} (epoch {meta['epoch']}, step {meta['step']})")
-        return cls(epoch=meta["epoch"], step=meta["step"])
+        return cls(epoch=meta["epoch"], step=meta["step"], metrics=meta.get("metrics", {}))
+
+
+def report_finished(what: str, directory: Path, epochs: int) -> None:
+    """What a command run again on a finished run directory says (it trains nothing more)."""
+    print(f"{what} in {directory} has finished its {epochs} epochs: nothing to do "
+          f"(ask for more --epochs to continue it)")
+
+
+def check_training(config, counts: tuple[str, ...]) -> None:
+    """The checks every training config shares: its counts >= 1, lr > 0, val_fraction in [0, 1),
+    seed >= 0, a known device and W&B mode, and its run directory not a file."""
+    for name in counts:
+        at_least(name, getattr(config, name), 1)
+    positive("lr", config.lr)
+    if not 0 <= config.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {config.val_fraction:g}")
+    at_least("seed", config.seed, 0)
+    resolve_device(config.device)
+    one_of("wandb_mode", config.wandb_mode, WANDB_MODES)
+    directory_to_write("run_dir", config.run_dir)
+    if getattr(config, "data", None) is not None:
+        directory_to_write("data", config.data)
 
 
 class progress_bar:

@@ -1,0 +1,198 @@
+"""The analysis functions behind experiments/ and each kept script, on a tiny random-weight TakeCover run.
+
+The run is written directly (random V, M, C and dream start latents, as an exported agent holds
+them, plus one fake pipeline round): no training, so the file stays fast; what is checked is the
+plumbing (seeding, env ids from the run, the scripts' outputs), not any score.
+"""
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tyro
+
+from agents.agent import load_agent, save_controller
+from agents.analysis import (
+    held_actions_per_round,
+    held_runs,
+    jitter_dream_length,
+    jitter_policy,
+    kept_rounds,
+    switching_stats,
+)
+from agents.controller import Controller, ControllerSpec
+from envs.collect import run_episode
+from envs.make import make_env
+from world_models.checkpoint import module_state, save_checkpoint
+from world_models.dream import DreamConfig, feature_dim
+from world_models.latents import latent_dir
+from world_models.mdnrnn import MDNRNN
+from world_models.train_mdnrnn import load_mdnrnn, mdnrnn_dir
+from world_models.train_vae import vae_dir
+from world_models.vae import ConvVAE
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = "VizdoomTakeCover-v1"
+SCRIPTS = ["action_switching", "constant_actions", "sampled_latents", "temperature_study"]
+SEEDS = [3_000_100, 3_000_101]
+
+
+def write_tiny_run(run_dir: Path) -> Path:
+    """Random V (z 8), M (hidden 16) and C, the dream's start latents, and round 1 of a pipeline."""
+    torch.manual_seed(0)
+    save_checkpoint(vae_dir(run_dir), module_state(ConvVAE(z_dim=8)), {"z_dim": 8, "env_id": ENV})
+    space = {"type": "discrete", "n": 3}
+    save_checkpoint(mdnrnn_dir(run_dir), module_state(MDNRNN(8, 3, True, 16, 2)),
+                    {"z_dim": 8, "hidden": 16, "mixtures": 2, "discrete_actions": True, "action_dim": 3,
+                     "env_id": ENV, "action_space": space, "done_weight": 10.0})
+    controller = Controller(ControllerSpec(feature_dim(8, 16, False), 3, discrete=True))
+    with torch.no_grad():
+        for parameter in controller.parameters():
+            parameter.normal_()  # C's choice must depend on z, or mean and sampled z act alike
+    dream = DreamConfig(done_weight=10.0, max_episode_steps=50)
+    save_controller(run_dir, controller, {"env_id": ENV, "include_cell": False, "dream": dataclasses.asdict(dream)})
+    save_checkpoint(latent_dir(run_dir), {"mu": torch.randn(4, 8), "log_sigma": torch.full((4, 8), -1.0)},
+                    {"kind": "dream start latents", "episodes": 4}, name="start")
+    for part in ("mdnrnn", "controller"):
+        shutil.copytree(run_dir / part, run_dir / "rounds" / "1" / part)
+    (run_dir / "stages.json").write_text(json.dumps({"validate": {"seconds": 1.0, "summary": {"mean": 123.0}}}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return write_tiny_run(tmp_path_factory.mktemp("experiments") / "run")
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_run) -> dict:
+    """Each seed's episode played here, in this process: the reference the worker processes must match."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: the same arithmetic, so the same actions
+    agent, _ = load_agent(tiny_run)
+    env = make_env(ENV)
+    played = {}
+    for seed in SEEDS:
+        for name, latent in (("mean", "mean"), ("sampled", "sample")):
+            policy = agent.policy(rng=np.random.default_rng(seed), latent=latent)
+            played[name, seed] = run_episode(env, policy, seed).actions.tolist()
+        played["jitter", seed] = run_episode(env, jitter_policy(1, env.action_space, None), seed).actions.tolist()
+    env.close()
+    torch.set_num_threads(threads)
+    return played
+
+
+def load_script(name: str):
+    """``experiments/NAME.py`` imported as a module (it is a script, not part of the package)."""
+    if f"experiment_{name}" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiments" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[f"experiment_{name}"]
+
+
+@pytest.mark.timeout(10)
+def test_held_runs_and_switching_stats_known_answer():
+    assert held_runs([1, 1, 2, 1]).tolist() == [2, 1, 1]
+    assert held_runs([]).tolist() == []
+    assert switching_stats([0, 0, 0, 1, 1, 2]) == {"length": 6, "action_counts": {0: 3, 1: 2, 2: 1},
+                                                   "mean_held": 2.0, "longest_held": 3}
+
+
+@pytest.mark.timeout(10)
+def test_jitter_policy_alternates_and_pickles():
+    factory = pickle.loads(pickle.dumps(functools.partial(jitter_policy, 2)))
+    policy = factory(None, np.random.default_rng(0))
+    assert [policy(None) for _ in range(6)] == [1, 1, 2, 2, 1, 1]
+
+
+@pytest.mark.timeout(30)
+def test_acting_on_sampled_z_is_seeded_and_differs_from_the_mean(tiny_run, in_process, one_thread):
+    agent, _ = load_agent(tiny_run)
+    env = make_env(ENV)
+    again = run_episode(env, agent.policy(rng=np.random.default_rng(SEEDS[0]), latent="sample"), SEEDS[0])
+    env.close()
+    assert again.actions.tolist() == in_process["sampled", SEEDS[0]]
+    assert in_process["sampled", SEEDS[0]] != in_process["mean", SEEDS[0]]
+    with pytest.raises(ValueError, match="latent"):
+        agent.policy(latent="median")
+
+
+@pytest.mark.timeout(30)
+def test_dream_lengths_of_scripted_and_held_actions(tiny_run, one_thread):
+    mdnrnn, _ = load_mdnrnn(tiny_run)
+    start = (torch.randn(4, 8), torch.full((4, 8), -1.0))
+    config = DreamConfig(max_episode_steps=30)
+    length = jitter_dream_length(mdnrnn, *start, config, period=2, dreams=8, seed=3)
+    assert 1 <= length <= 30 and length == jitter_dream_length(mdnrnn, *start, config, period=2, dreams=8, seed=3)
+    assert kept_rounds(tiny_run) == [1]
+    [row] = held_actions_per_round(tiny_run, dreams=4, seed=1)
+    assert row["round"] == 1 and row["validation_mean"] == 123.0 and row["temperature"] == 1.15
+    for rule in ("threshold", "sample"):
+        assert len(row[f"dream_length_{rule}"]) == 3 and all(1 <= n <= 50 for n in row[f"dream_length_{rule}"])
+
+
+@pytest.mark.timeout(60)
+def test_every_kept_script_has_help(capsys):
+    assert sorted(SCRIPTS) == sorted(path.stem for path in (ROOT / "experiments").glob("*.py"))
+    for name in SCRIPTS:  # in this process: one torch import for all
+        with pytest.raises(SystemExit) as exit_:
+            tyro.cli(load_script(name).Args, args=["--help"])
+        assert exit_.value.code == 0 and "--run-dir" in capsys.readouterr().out, name
+    # and one as a script from the command line: the package's imports need no sys.path change
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "constant_actions.py"), "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0 and "--dreams" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.timeout(30)
+def test_constant_actions_script(tiny_run, tmp_path, one_thread):
+    module = load_script("constant_actions")
+    result = module.main(module.Args(run_dirs=[tiny_run], dreams=4, out=tmp_path / "held.json"))
+    assert json.loads((tmp_path / "held.json").read_text()) == result
+    assert [row["round"] for row in result["runs"][str(tiny_run)]] == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_sampled_latents_script_replays_each_seed_in_workers(tiny_run, in_process):
+    module = load_script("sampled_latents")
+    result = module.main(module.Args(run_dir=tiny_run, seed=SEEDS[0], episodes=2, workers=1))
+    assert json.loads((tiny_run / "experiments" / "sampled_latents.json").read_text())["env_id"] == ENV
+    for name in ("mean", "sampled"):  # TakeCover pays +1 per step: a return is the episode's length
+        assert result[name]["returns"] == [float(len(in_process[name, seed])) for seed in SEEDS]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_action_switching_script(tiny_run, in_process, tmp_path, one_thread):
+    module = load_script("action_switching")
+    result = module.main(module.Args(run_dir=tiny_run, seed=SEEDS[0], episodes=2, workers=1, periods=(1,),
+                                     dreams=4, out=tmp_path / "switching.json"))
+    assert result["env_id"] == ENV and [e["seed"] for e in result["episodes"]] == SEEDS
+    assert [e["length"] for e in result["episodes"]] == [len(in_process["mean", seed]) for seed in SEEDS]
+    assert result["episodes"][0]["mean_held"] == pytest.approx(held_runs(in_process["mean", SEEDS[0]]).mean())
+    [jitter] = result["scripted_jitter"]
+    assert jitter["real_length"] == np.mean([len(in_process["jitter", seed]) for seed in SEEDS])
+    assert 1 <= jitter["dream_length"] <= 50
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_temperature_study_script(tiny_run, tmp_path, one_thread):
+    module = load_script("temperature_study")
+    rows = module.main(module.Args(run_dir=tiny_run, temperatures=[1.0], generations=1, population=4, rollouts=2,
+                                   max_episode_steps=20, real_episodes=1, dream_episodes=4, workers=1,
+                                   out=tmp_path / "tau"))
+    assert [row["temperature"] for row in rows] == [1.0] and 1 <= rows[0]["dream_mean"] <= 20
+    assert (tmp_path / "tau.png").stat().st_size > 1000 and (tiny_run / "tau_1.0" / "controller").is_dir()
