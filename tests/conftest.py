@@ -38,3 +38,33 @@ def tiny_run(tmp_path_factory):
                  ["controller", "--run-dir", str(run_dir), "--algo", "cmaes", *TINY_CONTROLLER]):
         assert train.main(argv) == 0, argv
     return run_dir
+
+
+# One two-round pipeline that switches on every optional mechanism at once (V on part of the
+# random rollouts, probes, the adaptive held-action check, CMA-ES restarts in every round and one
+# more in the last, an earlier round's M as death critic, offline W&B), run as the real command
+# and then run again: each tiny pipeline costs a minute of process start-ups, so the tests of all
+# these mechanisms share this one.
+PIPELINE_ARGS = ["--preset", "doom-take-cover-tiny", "--episodes", "4", "--vae-episodes", "2", "--iterations", "2",
+                 "--iteration-episodes", "2", "--probe-episodes", "2", "--round-mdn-epochs", "1",
+                 "--first-round-generations", "1", "--final-generations", "1", "--restarts", "2",
+                 "--final-restarts", "1", "--done-critics", "1", "--held-action-limit", "1",
+                 "--extra-probe-episodes", "2", "--max-extra-probes", "1", "--extra-mdn-epochs", "1",
+                 "--no-progress", "--wandb-mode", "offline"]
+
+
+@pytest.fixture(scope="session")
+def two_rounds(tmp_path_factory):
+    """(run directory, first run's CompletedProcess, second run's) of the shared pipeline."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path_factory.mktemp("pipeline") / "tc"
+    command = [sys.executable, str(root / "train.py"), "pipeline", "--run-dir", str(run_dir), *PIPELINE_ARGS]
+    # conftest's WANDB_MODE=disabled is inherited: the explicit --wandb-mode must win over it
+    runs = [subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return run_dir, runs[0], runs[1]

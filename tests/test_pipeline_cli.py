@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,71 +68,107 @@ def test_eval_dream_and_videos(tiny_run, tmp_path):
     assert "dream score" in result.stdout
 
 
-def test_exported_agent_evaluates(tiny_run, tmp_path):
+def test_exported_agent_evaluates(tiny_run, tmp_path, capsys):
+    import eval as eval_cli
+    import train
+
     out = tmp_path / "pretrained"
-    ok(run("train.py", "export", "--run-dir", tiny_run, "--out", out))
+    assert train.main(["export", "--run-dir", str(tiny_run), "--out", str(out)]) == 0  # in-process: no start-up
     assert not list(out.rglob("train_state*"))  # weights only
-    real = ok(run("eval.py", "--run-dir", out, "--episodes", 1, "--json", tmp_path / "a.json"))
-    assert "real score over 1 episodes" in real.stdout
+    for directory, name in ((out, "a.json"), (tiny_run, "b.json")):
+        assert eval_cli.main(["--run-dir", str(directory), "--episodes", "1", "--json", str(tmp_path / name)]) == 0
+    assert "real score over 1 episodes" in capsys.readouterr().out
     same = json.loads((tmp_path / "a.json").read_text())
-    ok(run("eval.py", "--run-dir", tiny_run, "--episodes", 1, "--json", tmp_path / "b.json"))
     assert same["returns"] == json.loads((tmp_path / "b.json").read_text())["returns"]
-    assert "dream score" in ok(run("eval.py", "--run-dir", out, "--episodes", 4, "--where", "dream")).stdout
+    assert eval_cli.main(["--run-dir", str(out), "--episodes", "4", "--where", "dream"]) == 0
+    assert "dream score" in capsys.readouterr().out
 
 
-def test_npg_in_the_dream(tiny_run):
-    result = ok(run("train.py", "controller", "--run-dir", tiny_run, "--algo", "npg", "--npg-envs", 8,
+def test_npg_in_the_dream(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"  # a copy: NPG's controller must not replace the shared run's
+    shutil.copytree(tiny_run, run_dir)
+    result = ok(run("train.py", "controller", "--run-dir", run_dir, "--algo", "npg", "--npg-envs", 8,
                     "--npg-horizon", 16, *TINY_CONTROLLER))
     assert "C trained (npg, dream)" in result.stdout
 
 
-def test_cli_errors_are_one_line(tiny_run, tmp_path):
-    assert "train.py vae" in one_line_error(run("eval.py", "--run-dir", tmp_path, "--episodes", 1))
-    assert "train.py vae" in one_line_error(run("train.py", "controller", "--run-dir", tmp_path))
-    assert "rollout dataset" in one_line_error(run("train.py", "vae", "--data", tmp_path, "--run-dir", tmp_path))
-    mismatch = one_line_error(run("train.py", "vae", "--data", tiny_run.parent / "data", "--run-dir", tiny_run,
-                                  "--z-dim", 16, "--epochs", 2, "--no-progress"))
-    assert "z_dim" in mismatch
+STAGES = ["collect", "vae", "collect_rest", "probe", "mdnrnn", "held_actions0", "probe_extra1", "mdnrnn_extra1",
+          "held_actions1", "controller", "validate", "collect_2", "probe_2", "mdnrnn_2", "held_actions0_2",
+          "probe_extra1_2", "mdnrnn_extra1_2", "held_actions1_2", "controller_2", "validate_2", "select_2",
+          "evaluate_2", "videos"]
 
 
-def test_pipeline_runs_and_resumes(tmp_path):
-    run_dir = tmp_path / "pipe"
-    args = ["--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4, "--iterations", 2,
-            "--iteration-episodes", 2, "--round-mdn-epochs", 1, "--first-round-generations", 1,
-            "--final-generations", 1, "--no-progress"]
-    first = ok(run("train.py", "pipeline", *args))
+def test_pipeline_runs_every_stage_in_order_and_a_rerun_skips_them_all(two_rounds):
+    run_dir, first, second = two_rounds
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["seconds_per_stage"]) == STAGES  # V learns from the random rollouts it was given only
     assert summary["real_episodes"] == 2 and summary["real_frames_used"] > 0
-    assert list(summary["seconds_per_stage"]) == ["collect", "vae", "mdnrnn", "controller", "validate", "collect_2",
-                                                  "mdnrnn_2", "controller_2", "validate_2", "select_2",
-                                                  "evaluate_2", "videos"]
-    scores = summary["validation_score_per_round"]
-    assert len(scores) == 2
-    deployed = 2 if scores[1] >= scores[0] else 1  # the best on the validation seeds
-    assert summary["deployed_round"] == deployed
-    for part in ("mdnrnn", "controller"):
-        kept = run_dir / "rounds" / str(deployed) / part / "model.safetensors"
-        assert kept.read_bytes() == (run_dir / part / "model.safetensors").read_bytes()
     assert summary["real_seeds"] == [1_000_000, 1_000_001]  # the final score, apart from validation
-    stages = json.loads((run_dir / "stages.json").read_text())
-    assert stages["validate_2"]["summary"]["seeds"] == [500_000]
-    assert stages["mdnrnn_2"]["summary"]["epoch"] == 2 + 1  # M continues for --round-mdn-epochs
-    population = 8  # CMA-ES ran 1 generation in round 1, then 2 + 1 (--final-generations) in the last
-    assert [stages[name]["summary"]["evaluations"] for name in ("controller", "controller_2")] == [
-        population * 1, population * (2 + 1)]
-    assert len(list((run_dir / "data").glob("ep_*.npz.zst"))) == 6  # 4 random + 2 with the agent
-    assert "real score" in first.stdout
-    assert (run_dir / "images" / "learning_curve.png").stat().st_size > 1000
+    assert "real score" in first.stdout and (run_dir / "images" / "learning_curve.png").stat().st_size > 1000
+    assert second.stdout.count("skipped") == len(STAGES)
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
-    second = ok(run("train.py", "pipeline", *args))
-    assert second.stdout.count("skipped") == 12
+    assert config["overrides"]["episodes"] == 4 and "z_dim" not in config["overrides"]  # what the CLI changed
+
+
+def test_the_best_round_on_validation_is_deployed(two_rounds):
+    run_dir, _, _ = two_rounds
+    summary = json.loads((run_dir / "summary.json").read_text())
+    scores = summary["validation_score_per_round"]
+    assert len(scores) == 2 and summary["deployed_round"] == (2 if scores[1] >= scores[0] else 1)
+    for part in ("mdnrnn", "controller"):
+        kept = run_dir / "rounds" / str(summary["deployed_round"]) / part / "model.safetensors"
+        assert kept.read_bytes() == (run_dir / part / "model.safetensors").read_bytes()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["validate_2"]["summary"]["seeds"] == [500_000]
+
+
+def test_data_random_rollouts_probes_and_agent_episodes(two_rounds):
+    from envs.episodes import iter_episodes, seed_of
+
+    run_dir, _, _ = two_rounds
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["collect"]["summary"]["episodes_total"] == 2  # --vae-episodes: V saw these
+    assert stages["collect_rest"]["summary"]["episodes_new"] == 2  # the rest, after V, for M
+    episodes = {seed_of(path): episode for path, episode in iter_episodes(run_dir / "data")}
+    # random 0-3, probes 4-5, extra probes 6-7, agent 8-9, probes 10-11, extra probes 12-13
+    assert sorted(episodes) == list(range(14))
+    held = {seed: len(set(episode.actions.tolist())) for seed, episode in episodes.items()}
+    assert all(held[seed] == 1 for seed in (4, 5, 6, 7, 10, 11, 12, 13))  # one action held throughout
+    assert held[0] > 1  # the random rollouts change action
+
+
+def test_m_continues_and_the_held_action_check_adds_probes_up_to_its_cap(two_rounds):
+    run_dir, _, _ = two_rounds
+    stages = json.loads((run_dir / "stages.json").read_text())
+    # every held action outlives 1 dream step: one pass of extra probes per round, then the cap
+    assert len(stages["held_actions1"]["summary"]["dream_length_per_action"]) == 3  # TakeCover: 3 actions
+    epochs = [stages[name]["summary"]["epoch"] for name in ("mdnrnn", "mdnrnn_extra1", "mdnrnn_2", "mdnrnn_extra1_2")]
+    assert epochs == [2, 2 + 1, 2 + 1 + 1, 2 + 1 + 2 * 1]  # first round, a pass, round 2, two passes
+
+
+def test_cmaes_restarts_keep_the_best_on_validation_with_the_last_rounds_extra_run(two_rounds):
+    run_dir, _, _ = two_rounds
+    stages = json.loads((run_dir / "stages.json").read_text())
+    population = 8  # CMA-ES ran 1 generation in round 1, then 2 + 1 (--final-generations) in the last
+    for name, k, runs, generations in (("controller", 1, 2, 1), ("controller_2", 2, 3, 3)):
+        controller = stages[name]["summary"]
+        scores = [restart["validation"] for restart in controller["restarts"]]
+        assert len(scores) == runs and controller["restart"] == scores.index(max(scores))
+        assert controller["evaluations"] == population * generations
+        kept = run_dir / "rounds" / str(k) / f"restart{controller['restart']}" / "controller" / "model.safetensors"
+        assert kept.read_bytes() == (run_dir / "rounds" / str(k) / "controller" / "model.safetensors").read_bytes()
+    assert (run_dir / "cmaes_dream_restart1").is_dir() and (run_dir / "cmaes_dream_2_restart2").is_dir()
+    assert not (run_dir / "cmaes_dream_restart2").exists()  # --final-restarts: the last round only
+    critics = [json.loads((run_dir / "rounds" / str(k) / "controller" / "model.json").read_text())["done_critics"]
+               for k in (1, 2)]
+    assert critics == [[], [str(run_dir / "rounds" / "1")]]  # round 2's C also died where round 1's M said so
 
 
 @pytest.mark.parametrize(("scores", "deployed"), [([300.0, 100.0, 200.0], 1), ([100.0, 250.0, 250.0], 3)])
 def test_the_round_best_on_validation_seeds_is_deployed(tmp_path, scores, deployed):
     from agents.pipeline import Stages, _select_round, round_dir
-    from agents.presets import PRESETS
+    from agents.presets import preset_settings
 
     stages = Stages(tmp_path)
     for k, mean in enumerate(scores, start=1):
@@ -140,7 +177,7 @@ def test_the_round_best_on_validation_seeds_is_deployed(tmp_path, scores, deploy
             (round_dir(tmp_path, k) / part).mkdir(parents=True)
             for suffix in (".safetensors", ".json"):
                 (round_dir(tmp_path, k) / part / f"model{suffix}").write_text(f"round {k}")
-    settings = dataclasses.replace(PRESETS["doom-take-cover-tiny"], iterations=3, val_episodes=1)
+    settings = preset_settings("doom-take-cover-tiny", iterations=3, val_episodes=1)
     _select_round(stages, settings, tmp_path)
     assert json.loads((tmp_path / "stages.json").read_text())["select_3"]["summary"]["round"] == deployed
     for part in ("mdnrnn", "controller"):
@@ -166,96 +203,3 @@ def test_a_resumed_stage_counts_the_time_of_its_interrupted_invocation(tmp_path)
     assert stage["summary"] == {"episodes": 1}
     assert stage["seconds"] >= stage["seconds_before_resume"] >= 0.3
 
-def test_cmaes_restarts_keep_the_best_on_validation(tmp_path):
-    run_dir = tmp_path / "pipe"
-    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
-           "--restarts", 2, "--no-progress"))
-    controller = json.loads((run_dir / "stages.json").read_text())["controller"]["summary"]
-    scores = [restart["validation"] for restart in controller["restarts"]]
-    assert len(scores) == 2 and controller["restart"] == scores.index(max(scores))
-    kept = run_dir / "rounds" / "1" / f"restart{controller['restart']}" / "controller" / "model.safetensors"
-    assert kept.read_bytes() == (run_dir / "controller" / "model.safetensors").read_bytes()
-    assert (run_dir / "cmaes_dream_restart1").is_dir()  # the second restart kept its own search state
-    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                               "--restarts", 2, "--val-episodes", 0))
-    assert "--val-episodes" in error
-
-
-def test_final_restarts_only_in_the_last_round_with_the_last_rounds_m_as_death_critic(tmp_path):
-    run_dir = tmp_path / "pipe"
-    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
-           "--iterations", 2, "--final-restarts", 1, "--done-critics", 1, "--no-progress"))
-    stages = json.loads((run_dir / "stages.json").read_text())
-    assert "restarts" not in stages["controller"]["summary"]  # round 1: one CMA-ES run
-    last = stages["controller_2"]["summary"]
-    assert len(last["restarts"]) == 2 and (run_dir / "cmaes_dream_2_restart1").is_dir()
-    assert not (run_dir / "cmaes_dream_restart1").exists()
-    critics = [json.loads((run_dir / "rounds" / str(k) / "controller" / "model.json").read_text())["done_critics"]
-               for k in (1, 2)]
-    assert critics == [[], [str(run_dir / "rounds" / "1")]]  # round 2's C also died where round 1's M said so
-    for flag in ("--final-restarts", "--done-critics"):
-        error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                                   flag, 1, "--val-episodes", 0))
-        assert "--val-episodes" in error
-
-
-def test_probe_episodes_hold_one_action_each_round(tmp_path):
-    from envs.episodes import iter_episodes, seed_of
-
-    run_dir = tmp_path / "pipe"
-    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
-           "--iterations", 2, "--iteration-episodes", 2, "--probe-episodes", 2, "--round-mdn-epochs", 1,
-           "--first-round-generations", 1, "--no-progress"))
-    stages = list(json.loads((run_dir / "stages.json").read_text()))
-    assert stages[:5] == ["collect", "vae", "probe", "mdnrnn", "controller"]  # V learns from random data only
-    assert stages[6:9] == ["collect_2", "probe_2", "mdnrnn_2"]
-    episodes = {seed_of(path): episode for path, episode in iter_episodes(run_dir / "data")}
-    assert sorted(episodes) == list(range(4 + 2 + 2 + 2))  # random, probes, agent, probes
-    held = {seed: len(set(episodes[seed].actions.tolist())) for seed in episodes}
-    assert all(held[seed] == 1 for seed in (4, 5, 8, 9))
-    assert held[0] > 1  # the random rollouts change action
-    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                               "--probe-episodes", -1))
-    assert "--probe-episodes" in error
-
-
-def test_vae_trains_on_the_first_vae_episodes_and_m_on_all(tmp_path):
-    from envs.episodes import iter_episodes, seed_of
-
-    run_dir = tmp_path / "pipe"
-    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
-           "--vae-episodes", 2, "--no-progress"))
-    stages = json.loads((run_dir / "stages.json").read_text())
-    assert list(stages)[:4] == ["collect", "vae", "collect_rest", "mdnrnn"]  # the rest arrive after V
-    assert stages["collect"]["summary"]["episodes_total"] == 2
-    assert stages["collect_rest"]["summary"]["episodes_new"] == 2
-    assert sorted(seed_of(path) for path, _ in iter_episodes(run_dir / "data")) == [0, 1, 2, 3]
-    error = one_line_error(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir,
-                               "--vae-episodes", -1))
-    assert "--vae-episodes" in error
-
-
-def test_held_action_check_adds_probes_until_the_limit_or_the_cap(tmp_path):
-    from envs.episodes import iter_episodes, seed_of
-
-    run_dir = tmp_path / "pipe"
-    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4,
-           "--iterations", 2, "--iteration-episodes", 2, "--round-mdn-epochs", 1, "--first-round-generations", 1,
-           "--held-action-limit", 1, "--extra-probe-episodes", 2, "--max-extra-probes", 1, "--extra-mdn-epochs", 1,
-           "--no-progress"))
-    stages = json.loads((run_dir / "stages.json").read_text())
-    assert list(stages)[2:8] == ["mdnrnn", "held_actions0", "probe_extra1", "mdnrnn_extra1", "held_actions1",
-                                 "controller"]  # every held action outlives 1 step: one pass, then the cap
-    assert list(stages)[10:15] == ["mdnrnn_2", "held_actions0_2", "probe_extra1_2", "mdnrnn_extra1_2",
-                                   "held_actions1_2"]
-    assert len(stages["held_actions1"]["summary"]["dream_length_per_action"]) == 3  # TakeCover: 3 actions
-    assert stages["mdnrnn_extra1_2"]["summary"]["epoch"] == 2 + 1 + 2 * 1  # first round, round 2, two passes
-    episodes = {seed_of(path): episode for path, episode in iter_episodes(run_dir / "data")}
-    assert sorted(episodes) == list(range(4 + 2 + 2 + 2))  # random, extra probes, agent, extra probes
-    assert all(len(set(episodes[seed].actions.tolist())) == 1 for seed in (4, 5, 8, 9))
-
-    loose = tmp_path / "loose"
-    ok(run("train.py", "pipeline", "--preset", "doom-take-cover-tiny", "--run-dir", loose, "--episodes", 4,
-           "--held-action-limit", 10_000, "--no-progress"))
-    stages = list(json.loads((loose / "stages.json").read_text()))
-    assert "held_actions0" in stages and not any(name.startswith("probe_extra") for name in stages)

@@ -16,7 +16,7 @@ import eval as eval_cli
 import train
 from tests.conftest import TINY_CONTROLLER
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the tiny run collects in a worker process
 
 
 def one_line_error(capsys, main, argv: list[str]) -> str:
@@ -52,6 +52,7 @@ BAD_TRAIN = [
     (["vae", "--data", "EMPTY", "--run-dir", "MISSING", "--batch-size", "0"], "--batch-size"),
     (["vae", "--data", "EMPTY", "--run-dir", "MISSING", "--device", "tpu"], "tpu"),
     (["vae", "--data", "EMPTY", "--run-dir", "MISSING", "--val-fraction", "1.5"], "--val-fraction"),
+    (["vae", "--data", "DATA", "--run-dir", "RUN", "--z-dim", "16", "--epochs", "2"], "z_dim"),
     (["mdnrnn", "--run-dir", "EMPTY"], "train.py vae"),
     (["mdnrnn", "--run-dir", "EMPTY", "--epochs", "0"], "--epochs"),
     (["mdnrnn", "--run-dir", "EMPTY", "--seq-len", "0"], "--seq-len"),
@@ -92,7 +93,8 @@ BAD_EVAL = [
 
 
 def _fill(argv: list[str], paths: dict, run_dir: Path) -> list[str]:
-    return [str(run_dir) if arg == "RUN" else paths.get(arg, arg) for arg in argv]
+    named = {**paths, "RUN": str(run_dir), "DATA": str(run_dir.parent / "data")}
+    return [named.get(arg, arg) for arg in argv]
 
 
 @pytest.mark.parametrize(("argv", "needle"), BAD_TRAIN, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_TRAIN])

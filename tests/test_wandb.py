@@ -95,17 +95,13 @@ def test_a_standalone_stage_is_a_run_of_its_own(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_pipeline_is_one_offline_wandb_run_that_a_rerun_resumes(tmp_path):
-    run_dir = tmp_path / "tc"
-    args = ["--preset", "doom-take-cover-tiny", "--run-dir", run_dir, "--episodes", 4, "--no-progress",
-            "--wandb-mode", "offline"]
-    # conftest's WANDB_MODE=disabled is inherited: the explicit --wandb-mode must win over it
-    first = ok(run("train.py", "pipeline", *args))
+@pytest.mark.timeout(600)
+def test_pipeline_is_one_offline_wandb_run_that_a_rerun_resumes(two_rounds):
+    run_dir, first, second = two_rounds  # conftest's shared pipeline, run with --wandb-mode offline
     assert "wandb:" not in first.stdout + first.stderr  # silent
     for name in ("real_episode.mp4", "dream_episode.mp4"):  # written with W&B on or off
         assert (run_dir / "videos" / name).stat().st_size > 1000
-    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))[0]  # the first invocation's (time-stamped)
     logged = read_offline_run(offline)
     _, expected_id = wandb_identity(run_dir)
     assert logged["id"] == expected_id
@@ -130,8 +126,7 @@ def test_pipeline_is_one_offline_wandb_run_that_a_rerun_resumes(tmp_path):
     assert episodes["columns"] == ["seed", "return", "length"] and [row[0] for row in episodes["data"]] == [
         1_000_000, 1_000_001]
 
-    second = ok(run("train.py", "pipeline", *args))  # every stage skipped: the same run, resumed
-    assert "[videos] already done" in second.stdout
+    assert "[videos] already done" in second.stdout  # every stage skipped: the same run, resumed
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and {read_offline_run(directory)["id"] for directory in runs} == {expected_id}
 

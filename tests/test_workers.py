@@ -12,6 +12,8 @@ import pytest
 
 from envs.workers import WorkerDiedError, WorkerPool
 
+pytestmark = pytest.mark.slow  # starts processes (worker pools, env engines)
+
 
 def _square_init():
     return lambda x: x * x
@@ -107,8 +109,6 @@ PARENT = """
 import sys
 from envs.workers import WorkerPool
 from tests.test_workers import _engine_init
-
-pytestmark = pytest.mark.slow  # starts processes (CLI runs, worker pools, env engines)
 pool = WorkerPool(_engine_init, workers=2)
 print(" ".join(str(pid) for pid, _ in pool.map([0, 1])), flush=True)
 sys.stdin.read()

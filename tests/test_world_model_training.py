@@ -215,7 +215,9 @@ def test_mdnrnn_keeps_its_best_held_out_epoch_and_stops_when_it_stalls(
     for key, value in snapshots[2].items():
         torch.testing.assert_close(kept[key], value, rtol=0, atol=0, msg=key)
     assert not torch.equal(kept["done_head.weight"], snapshots[4]["done_head.weight"])
-    assert train_mdnrnn(replace(config, epochs=6)) == {}  # finished: a rerun trains nothing
+    before = (trained_dir := Path(config.run_dir) / "mdnrnn" / "model.safetensors").read_bytes()
+    assert train_mdnrnn(replace(config, epochs=6)) == metrics  # finished: a rerun reports, trains nothing
+    assert trained_dir.read_bytes() == before
     metrics = train_mdnrnn(replace(config, epochs=8))  # a new search, even though 0.9 > 0.3
     assert (metrics["epoch"], metrics["last_epoch"]) == (8, 8)
     with pytest.raises(UserError, match="held-out loss"):
