@@ -39,6 +39,9 @@ class EvalArgs:
     """Write mp4s of one real and one dream episode into this directory."""
     json: Path | None = None
     """Write every episode's return and length to this JSON file."""
+    latent: Literal["mean", "sample"] = "mean"
+    """Real episodes: the agent acts on z = mu(V(frame)) (mean) or on z ~ N(mu, sigma) (sample, as M
+    was trained), the noise seeded by each episode's seed."""
     device: str = "auto"
     """auto | cpu | cuda (dream evaluation)."""
     wandb_mode: Literal["online", "offline", "disabled"] = "disabled"

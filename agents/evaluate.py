@@ -144,7 +144,8 @@ def run_evaluation(args, command: str) -> EvalResult:
     if args.temperature is not None:
         dream_config.temperature = args.temperature
     if args.where == "real":
-        result = evaluate_real(run_dir, env_id, seeds, args.workers, on_result=_print_episode(seeds))
+        result = evaluate_real(run_dir, env_id, seeds, args.workers, on_result=_print_episode(seeds),
+                               latent=args.latent)
     else:
         device = resolve_device(args.device)
         agent, _ = load_agent(run_dir, device)

@@ -185,6 +185,9 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
         eval_fitness = None
     x0 = load_controller(config.run_dir)[0].to_vector() if config.warm_start else None
     trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or f"cmaes_{config.where}"), x0)
+    if trainer.generation >= config.generations:
+        print(f"C's CMA-ES in {trainer.run_dir} has finished its {trainer.generation} generations: nothing to do "
+              "(ask for more --generations to continue it)")
     bar = progress_bar("C (CMA-ES)", config.generations, enabled=config.progress)
 
     def log(record: dict) -> None:

@@ -189,11 +189,13 @@ def test_every_finished_command_run_again_reports_it_and_changes_nothing(capsys,
     out = capsys.readouterr().out
     assert "collected 0 new episodes (4 in total)" in out
     assert out.count("has finished its 1 epochs: nothing to do") == 2  # V and M
+    assert "has finished its 2 generations: nothing to do" in out  # C's CMA-ES
     for part, before in weights.items():
         assert (run_dir / part / "model.safetensors").read_bytes() == before, part
     assert eval_cli.main(["--run-dir", str(tmp_path / "out"), "--episodes", "1", "--json",
                           str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["episodes"] == 1
+    assert eval_cli.main(["--run-dir", str(run_dir), "--episodes", "1", "--latent", "sample"]) == 0
 
 
 def test_more_epochs_continue_a_finished_run(capsys, tiny_run, tmp_path):
