@@ -46,10 +46,17 @@ class EvalArgs:
     """auto | cpu | cuda (dream evaluation)."""
     wandb_mode: Literal["online", "offline", "disabled"] = "disabled"
     """W&B: online | offline logs this evaluation as a run named RUN_NAME-eval (files in RUN/wandb)."""
+    backend: Literal["local", "ray"] = "local"
+    """Real episodes: in local worker processes, or in Ray actors (needs the ray extra; on a cluster
+    every node must read the run directory at the same path)."""
+    ray_address: str | None = None
+    """With --backend ray: the cluster to join (auto: the one `ray start` made); none starts a
+    Ray instance on this machine."""
 
     def check(self) -> None:
         """One-line UserError for the first bad option (before any episode is played)."""
         from envs.checks import at_least, directory_to_write, existing_directory, file_to_write, positive
+        from envs.pool import check_backend
         from world_models.runlog import resolve_device
 
         existing_directory("run_dir", self.run_dir, "a trained run directory (or a pretrained/ one)")
@@ -61,6 +68,7 @@ class EvalArgs:
         directory_to_write("video", self.video)
         file_to_write("json", self.json)
         resolve_device(self.device)
+        check_backend(self.backend, self.ray_address)
 
 
 def main(argv: list[str] | None = None) -> int:

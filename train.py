@@ -51,15 +51,23 @@ class Collect:
     constant: one random action held for the whole episode."""
     progress: bool = True
     """Show a progress bar."""
+    backend: Literal["local", "ray"] = "local"
+    """local: worker processes here, each writing its episodes; ray: Ray actors (needs the ray
+    extra) that send each episode back to be written here, so nodes need not share a disk."""
+    ray_address: str | None = None
+    """With --backend ray: the cluster to join (auto: the one `ray start` made); none starts a
+    Ray instance on this machine."""
 
     def check(self) -> None:
         from envs.make import check_env_id
+        from envs.pool import check_backend
 
         check_env_id(self.env)
         at_least("episodes", self.episodes, 1)
         at_least("workers", self.workers, 1)
         at_least("seed", self.seed, 0)
         directory_to_write("out", self.out)
+        check_backend(self.backend, self.ray_address)
 
 
 def run_collect(args: Collect) -> None:
@@ -67,7 +75,7 @@ def run_collect(args: Collect) -> None:
 
     summary = collect(
         args.env, args.episodes, args.out, workers=args.workers, seed=args.seed,
-        policy=args.policy, progress=args.progress,
+        policy=args.policy, progress=args.progress, backend=args.backend, ray_address=args.ray_address,
     )
     print(summary.line())
 
@@ -141,17 +149,27 @@ class Pipeline:
     """Mirror the run to Weights & Biases (one W&B run per run directory)."""
     progress: bool = True
     """Show progress bars."""
+    backend: Literal["local", "ray"] = "local"
+    """Where collection and the real-env episodes (validation, evaluation) run: local worker
+    processes, or Ray actors (needs the ray extra; collected episodes come back to this machine)."""
+    ray_address: str | None = None
+    """With --backend ray: the cluster to join (auto: the one `ray start` made); none starts a
+    Ray instance on this machine."""
 
     def check(self) -> None:
+        from envs.pool import check_backend
+
         directory_to_write("run_dir", self.run_dir)
         self.settings.check()
+        check_backend(self.backend, self.ray_address)
 
 
 def run_pipeline_command(args: Pipeline) -> None:
     from agents.pipeline import run_pipeline, summary_lines
 
     summary = run_pipeline(args.settings, args.run_dir, args.device, args.wandb_mode, args.progress,
-                           " ".join(args.preset), overrides=changed_settings(args.settings, args.preset))
+                           " ".join(args.preset), overrides=changed_settings(args.settings, args.preset),
+                           backend=args.backend, ray_address=args.ray_address)
     for line in summary_lines(summary):
         print(line)
 

@@ -13,7 +13,7 @@ from agents.agent import Latent, agent_policy_factory, load_agent
 from envs.collect import PolicyFactory, run_episode
 from envs.errors import UserError
 from envs.make import make_env
-from envs.workers import WorkerPool
+from envs.pool import make_pool
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts
 
 VIDEO_SCALE = 4  # 64x64 frames are upscaled to 256x256 in videos
@@ -53,23 +53,28 @@ def _real_episode_worker(env_id: str, policy_factory: PolicyFactory, keep_action
 
 
 def evaluate_real(run_dir: Path, env_id: str, seeds: list[int], workers: int = 1,
-                  on_result=None, latent: Latent = "mean") -> EvalResult:
+                  on_result=None, latent: Latent = "mean", backend: str = "local",
+                  ray_address: str | None = None) -> EvalResult:
     """One real-env episode per seed of the run's agent, spread over ``workers`` processes.
 
     ``latent``: the agent acts on z = mu(V(frame)) (``mean``, the package's agent) or on z drawn
-    from V's posterior (``sample``; the noise is a function of the episode's seed).
+    from V's posterior (``sample``; the noise is a function of the episode's seed). ``backend``
+    and ``ray_address``: as ``evaluate_policy``'s.
     """
     factory = functools.partial(agent_policy_factory, str(run_dir), 0.0, latent=latent)
-    return evaluate_policy(env_id, factory, seeds, workers, on_result)
+    return evaluate_policy(env_id, factory, seeds, workers, on_result, backend=backend, ray_address=ray_address)
 
 
 def evaluate_policy(env_id: str, policy_factory: PolicyFactory, seeds: list[int], workers: int = 1,
-                    on_result=None, keep_actions: bool = False) -> EvalResult:
+                    on_result=None, keep_actions: bool = False, backend: str = "local",
+                    ray_address: str | None = None) -> EvalResult:
     """One real-env episode per seed with any ``policy_factory(action_space, rng) -> policy``
     (``envs.collect``'s signature; picklable, the workers are spawned processes; rng seeded by
-    the episode's seed). ``keep_actions``: every episode's actions go to ``extra["actions"]``."""
+    the episode's seed). ``keep_actions``: every episode's actions go to ``extra["actions"]``.
+    ``backend``: ``local`` worker processes or ``ray`` actors (at ``ray_address``; ``envs.pool``);
+    with Ray the run directory a policy loads must be readable at the same path on every node."""
     init = functools.partial(_real_episode_worker, env_id, policy_factory, keep_actions)
-    with WorkerPool(init, workers) as pool:
+    with make_pool(backend, init, workers, ray_address) as pool:
         results = pool.map(seeds, on_result=on_result)
     result = EvalResult("real", list(seeds), [float(r[0]) for r in results], [int(r[1]) for r in results])
     if keep_actions:
@@ -145,7 +150,7 @@ def run_evaluation(args, command: str) -> EvalResult:
         dream_config.temperature = args.temperature
     if args.where == "real":
         result = evaluate_real(run_dir, env_id, seeds, args.workers, on_result=_print_episode(seeds),
-                               latent=args.latent)
+                               latent=args.latent, backend=args.backend, ray_address=args.ray_address)
     else:
         device = resolve_device(args.device)
         agent, _ = load_agent(run_dir, device)

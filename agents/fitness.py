@@ -1,5 +1,5 @@
 """Scoring controllers: a whole population in the dream as one batched program, or in the real
-env across worker processes.
+env across a pool of workers (local processes or Ray actors, ``envs.pool``).
 
 Both return, for parameter vectors ``params`` (P, n_params), the mean return over ``rollouts``
 episodes per member: the fitness CMA-ES maximises.
@@ -16,7 +16,7 @@ import torch
 from agents.controller import Controller, ControllerPopulation, ControllerSpec
 from envs.collect import run_episode
 from envs.make import make_env
-from envs.workers import WorkerPool
+from envs.pool import make_pool
 from world_models.dream import DreamVecEnv, dream_rollouts
 
 
@@ -43,7 +43,8 @@ class DreamFitness:
 
 
 def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cell: bool):
-    """Worker set-up for real-env scoring: one env, V and M on CPU; tasks are (params, seed)."""
+    """Worker set-up for real-env scoring: one env, V and M on CPU; a task is (member, seed) with
+    the generation's parameters (P, n) shared, member p playing ``params[p]`` from ``seed``."""
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
     from agents.agent import WorldModelAgent
     from world_models.train_mdnrnn import load_mdnrnn
@@ -54,9 +55,10 @@ def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cel
     mdnrnn, _ = load_mdnrnn(Path(run_dir))
     controller = Controller(ControllerSpec.from_dict(spec_dict))
 
-    def play(task: tuple[np.ndarray, int]) -> tuple[float, int]:
-        params, seed = task
-        controller.load_vector(torch.as_tensor(params, dtype=torch.float32))
+    def play(shared_task: tuple[np.ndarray, tuple[int, int]]) -> tuple[float, int]:
+        params, (member, seed) = shared_task
+        # a copy: Ray hands the shared array over read-only, straight from its object store
+        controller.load_vector(torch.from_numpy(np.array(params[member], dtype=np.float32)))
         agent = WorldModelAgent(vae, mdnrnn, controller, include_cell)
         episode = run_episode(env, agent.policy(), seed)
         return episode.total_reward, len(episode)
@@ -65,19 +67,23 @@ def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cel
 
 
 class RealFitness:
-    """fitness(params (P, n), seed) -> mean real-env return per member, over W worker processes."""
+    """fitness(params (P, n), seed) -> mean real-env return per member, over W workers.
+
+    ``backend``: ``local`` processes or ``ray`` actors (at ``ray_address``). A generation's
+    parameters go to the workers once (Ray: one object in the store, passed by reference to
+    every task), and each task is (member, episode seed): a pure function of the parameters and
+    the seed, so a task a pool retries after losing a worker scores the same."""
 
     def __init__(self, run_dir: Path, env_id: str, spec: ControllerSpec, rollouts: int, workers: int,
-                 include_cell: bool = False) -> None:
+                 include_cell: bool = False, backend: str = "local", ray_address: str | None = None) -> None:
         init = functools.partial(_real_rollout_worker, str(run_dir), env_id, spec.to_dict(), include_cell)
-        self.pool = WorkerPool(init, workers)
+        self.pool = make_pool(backend, init, workers, ray_address)
         self.rollouts = rollouts
 
     def __call__(self, params: torch.Tensor, seed: int) -> torch.Tensor:
         vectors = params.detach().cpu().numpy()
-        tasks = [(vectors[p], seed * 10_007 + p * self.rollouts + r)
-                 for p in range(len(vectors)) for r in range(self.rollouts)]
-        results = self.pool.map(tasks)
+        tasks = [(p, seed * 10_007 + p * self.rollouts + r) for p in range(len(vectors)) for r in range(self.rollouts)]
+        results = self.pool.map(tasks, shared=vectors)
         returns = torch.tensor([total for total, _ in results]).view(len(vectors), self.rollouts)
         return returns.mean(dim=1)
 

@@ -96,33 +96,38 @@ def _read_json(path: Path) -> dict:
 
 
 def run_pipeline(settings: PipelineSettings, run_dir: Path, device: str = "auto", wandb_mode: str = "disabled",
-                 progress: bool = True, preset: str = "", overrides: dict | None = None) -> dict:
+                 progress: bool = True, preset: str = "", overrides: dict | None = None, backend: str = "local",
+                 ray_address: str | None = None) -> dict:
     """Run (or resume) every stage; returns the final summary (also in ``RUN/summary.json``).
 
     ``preset`` and ``overrides`` (the settings the command line changed) are recorded in
-    ``RUN/pipeline_config.json`` beside the resolved settings."""
+    ``RUN/pipeline_config.json`` beside the resolved settings. ``backend`` (``local`` or ``ray``,
+    at ``ray_address``) runs collection and the real-env episodes (``envs.pool``)."""
     settings.check()  # every bound before any work: a bad value never costs a collection
-    _stage_configs(settings, Path(run_dir), {"device": device, "wandb_mode": wandb_mode, "progress": progress})
+    common = {"device": device, "wandb_mode": wandb_mode, "progress": progress, "backend": backend,
+              "ray_address": ray_address}
+    _stage_configs(settings, Path(run_dir), common)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = to_jsonable({"preset": preset, "overrides": overrides or {}, **dataclasses.asdict(settings)})
     atomic_write_json(run_dir / "pipeline_config.json", config)
     with pipeline_wandb(run_dir, wandb_mode, config) as wandb_run:  # one W&B run, resumed with the pipeline
-        summary = _run_stages(settings, run_dir, device, wandb_mode, progress)
+        summary = _run_stages(settings, run_dir, common)
         if wandb_run is not None:
             _log_results(wandb_run, run_dir)
     return summary
 
 
-def _run_stages(s: PipelineSettings, run_dir: Path, device: str, wandb_mode: str, progress: bool) -> dict:
-    """Every stage in order, the finished ones skipped; writes ``RUN/summary.json`` and the learning curve."""
+def _run_stages(s: PipelineSettings, run_dir: Path, common: dict) -> dict:
+    """Every stage in order, the finished ones skipped; writes ``RUN/summary.json`` and the learning
+    curve. ``common``: the device, W&B mode, progress bars and worker pool every stage gets."""
     stages = Stages(run_dir)
     data = run_dir / "data"
-    common = {"device": device, "wandb_mode": wandb_mode, "progress": progress}
+    progress = common["progress"]
 
     def collect_random(total: int):
         return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, policy=s.policy,
-                               progress=progress)
+                               progress=progress, **_pool(common))
 
     for_vae = min(s.vae_episodes, s.episodes) if s.vae_episodes else s.episodes
     stages.run("collect", collect_random(for_vae), dataclasses.asdict)
@@ -132,7 +137,8 @@ def _run_stages(s: PipelineSettings, run_dir: Path, device: str, wandb_mode: str
     for k in range(1, s.iterations + 1):
         _train_round(k, s, run_dir, data, stages, common, progress)
     _select_round(stages, s, run_dir)
-    result = _play_real(stages, stage_name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes)
+    result = _play_real(stages, stage_name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes,
+                        pool=_pool(common))
     stages.run("videos", lambda: _videos(run_dir, s.env))
     summary = summarise(run_dir, stages, result, data)
     atomic_write_json(run_dir / "summary.json", summary)
@@ -154,7 +160,8 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     throughout; with ``held_action_limit``, more of them until M lets no held action live long.
     Every round ends with a real-env score on the validation seeds."""
     def collect_to(total: int, **policy):
-        return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, progress=progress, **policy)
+        return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, progress=progress,
+                               **_pool(common), **policy)
 
     def train_m():  # epochs count from M's first round, so a round continues the last one's M
         return train_mdnrnn(_mdn_config(s, run_dir, common, _mdn_epochs(s, k, stages)))
@@ -175,7 +182,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         k, s, run_dir, generations + (s.final_generations if last else 0),
         s.restarts + (s.final_restarts if last else 0), common))
     if s.val_episodes:
-        _play_real(stages, stage_name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes,
+        _play_real(stages, stage_name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes, pool=_pool(common),
                    then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
 
 
@@ -232,9 +239,22 @@ def _stage_configs(s: PipelineSettings, run_dir: Path, common: dict) -> None:
     _controller_config(s, run_dir, common, generations=s.generations).check()
 
 
+POOL_KEYS = ("backend", "ray_address")  # of ``common``: where real-env work runs (``envs.pool``)
+
+
+def _pool(common: dict) -> dict:
+    """The worker-pool entries of ``common``, for ``collect`` and ``evaluate_real``."""
+    return {key: common[key] for key in POOL_KEYS}
+
+
+def _training(common: dict) -> dict:
+    """``common`` without the pool entries, for V's and M's configs (they train in this process)."""
+    return {key: value for key, value in common.items() if key not in POOL_KEYS}
+
+
 def _vae_config(s: PipelineSettings, run_dir: Path, common: dict) -> VAEConfig:
     return VAEConfig(data=run_dir / "data", run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs,
-                     batch_size=s.vae_batch, lr=s.vae_lr, seed=s.seed, **common)
+                     batch_size=s.vae_batch, lr=s.vae_lr, seed=s.seed, **_training(common))
 
 
 def _mdn_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -> MDNRNNConfig:
@@ -242,7 +262,7 @@ def _mdn_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -
     return MDNRNNConfig(
         run_dir=run_dir, data=run_dir / "data", hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
         batch_size=s.mdn_batch, epochs=epochs, lr=s.mdn_lr, keep_best=s.mdn_keep_best, patience=s.mdn_patience,
-        late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **common)
+        late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
 
 
 def _controller_config(s: PipelineSettings, run_dir: Path, common: dict, **overrides) -> ControllerConfig:
@@ -267,7 +287,7 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
             warm_start=s.warm_start and k > 1))
         if restarts == 1:
             return summary
-        summary["validation"] = evaluate_real(run_dir, s.env, validation_seeds, s.workers).mean
+        summary["validation"] = evaluate_real(run_dir, s.env, validation_seeds, s.workers, **_pool(common)).mean
         copy_weights(run_dir, round_dir(run_dir, k) / f"restart{r}", (CONTROLLER_DIR,))
         runs.append(summary)
     best = max(range(len(runs)), key=lambda r: runs[r]["validation"])
@@ -277,13 +297,13 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
 
 
 def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, first_seed: int,
-               episodes: int, then=lambda: None) -> dict:
+               episodes: int, then=lambda: None, pool: dict | None = None) -> dict:
     """A stage of ``episodes`` real-env episodes with the current agent, seeds ``first_seed``+
-    (``then`` runs inside the stage, after them)."""
+    (``then`` runs inside the stage, after them; ``pool``: ``_pool(common)``)."""
     seeds = _seeds(first_seed, episodes)
 
     def play():
-        result = evaluate_real(run_dir, s.env, seeds, s.workers)
+        result = evaluate_real(run_dir, s.env, seeds, s.workers, **(pool or {}))
         then()
         return result
 

@@ -25,6 +25,8 @@ from agents.npg_train import RealFeatureEnv, train_npg
 from envs.checks import at_least, directory_to_write, existing_directory, in_range, one_of, positive
 from envs.errors import UserError
 from envs.make import make_env
+from envs.pool import check_backend
+from envs.tasks import task_rules
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
 from world_models.mdnrnn import MDNRNN
 from world_models.runlog import WANDB_MODES, RunLogger, resolve_device
@@ -95,6 +97,12 @@ class ControllerConfig:
     """online | offline | disabled"""
     progress: bool = True
     """Show progress bars."""
+    backend: Literal["local", "ray"] = "local"
+    """Where CMA-ES's real-env rollouts run (--where real): local worker processes, or Ray actors
+    (needs the ray extra). NPG's real envs always step in this process."""
+    ray_address: str | None = None
+    """With --backend ray: the cluster to join (auto: the one `ray start` made here); none starts
+    a Ray instance on this machine."""
 
     def check(self) -> None:
         """One-line UserError for the first bad setting (before any work starts)."""
@@ -113,6 +121,10 @@ class ControllerConfig:
         directory_to_write("run_dir", self.run_dir)
         for directory in self.done_critics:
             existing_directory("done_critics", directory, "a run or round directory with an M")
+        check_backend(self.backend, self.ray_address)
+        if self.backend != "local" and self.algo == "npg" and self.where == "real":
+            raise UserError("--backend ray runs CMA-ES's real-env rollouts; NPG's real envs step in this "
+                            "process: use --backend local (or --algo cmaes)")
 
 
 def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpec:
@@ -124,7 +136,7 @@ def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpe
 
 
 def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
-    reward_mode = "survival" if "TakeCover" in mdn_config["env_id"] else "model"
+    reward_mode = task_rules(mdn_config["env_id"]).dream_reward  # by env family (envs/tasks.py)
     # an M saved before its config recorded done_weight was trained with the default, 10
     return DreamConfig(temperature=config.temperature, done_mode=config.done_mode,
                        done_threshold=config.done_threshold, done_weight=mdn_config.get("done_weight", 10.0),
@@ -181,7 +193,7 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
         eval_fitness = DreamFitness(make_dream, spec, config.eval_rollouts)
     else:
         fitness = RealFitness(config.run_dir, info["env_id"], spec, config.rollouts, config.workers,
-                              config.include_cell)
+                              config.include_cell, config.backend, config.ray_address)
         eval_fitness = None
     x0 = load_controller(config.run_dir)[0].to_vector() if config.warm_start else None
     trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or f"cmaes_{config.where}"), x0)

@@ -10,8 +10,9 @@ An episode of T steps holds
     observations  (T+1, 64, 64, 3) uint8   the reset frame, then the frame after every step
     actions       (T,) int64 or (T, A) float32
     rewards       (T,) float32
-    terminated    (T,) bool    the MDP ended (Doom: death)
+    terminated    (T,) bool    the MDP ended (Doom: death; Atari: game over)
     truncated     (T,) bool    a time limit cut the episode
+    life_lost     (T,) bool    optional: the step lost a life (Atari; absent where an env has none)
 A directory of episodes carries ``metadata.json`` (env id, preprocessing, policy, seeds, version).
 Readers report a truncated or corrupt file and skip it; they never crash training on one.
 """
@@ -39,6 +40,7 @@ METADATA_FILE = "metadata.json"
 EPISODE_GLOB = "ep_*.npz.zst"
 ZSTD_LEVEL = 1
 FIELDS = ("observations", "actions", "rewards", "terminated", "truncated")
+OPTIONAL_FIELDS = ("life_lost",)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Episode:
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+    life_lost: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -63,6 +66,7 @@ class Episode:
             "rewards": (len(self.rewards), steps),
             "terminated": (len(self.terminated), steps),
             "truncated": (len(self.truncated), steps),
+            **({"life_lost": (len(self.life_lost), steps)} if self.life_lost is not None else {}),
         }
         for name, (found, expected) in lengths.items():
             if found != expected:
@@ -105,11 +109,18 @@ def atomic_write_json(path: Path, data: dict) -> None:
 
 def save_episode(path: Path, episode: Episode) -> None:
     """Write an episode atomically (validated first, so a bad episode never reaches disk)."""
-    episode.validate(str(path))
-    buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.ascontiguousarray(getattr(episode, name)) for name in FIELDS})
-    payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getbuffer())
+    payload = encode_episode(episode, str(path))
     atomic_write_bytes(path, lambda file: file.write(payload))
+
+
+def encode_episode(episode: Episode, where: str = "episode") -> bytes:
+    """An episode file's bytes (validated first): what ``save_episode`` writes, and what a Ray
+    actor sends back to the driver to write (``envs.collect``)."""
+    episode.validate(where)
+    buffer = io.BytesIO()
+    names = FIELDS + tuple(name for name in OPTIONAL_FIELDS if getattr(episode, name) is not None)
+    np.savez(buffer, **{name: np.ascontiguousarray(getattr(episode, name)) for name in names})
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getbuffer())
 
 
 def load_episode(path: Path) -> Episode:
@@ -117,7 +128,8 @@ def load_episode(path: Path) -> Episode:
     try:
         raw = zstandard.ZstdDecompressor().decompress(Path(path).read_bytes())
         with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-            episode = Episode(**{name: data[name] for name in FIELDS})
+            episode = Episode(**{name: data[name] for name in FIELDS},
+                              **{name: data[name] for name in OPTIONAL_FIELDS if name in data.files})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zstandard.ZstdError) as error:
         raise CorruptFileError(f"corrupt episode file {path}: {error}") from None
     episode.validate(str(path))

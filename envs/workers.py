@@ -5,7 +5,8 @@ function it then applies to tasks: an env and models live for the pool's life) a
 to the parent over a private pipe, one message per task each way. The parent knows which
 task every worker holds, so when a worker dies its task goes back into the queue and a
 fresh worker takes its place; a task that kills ``max_task_deaths`` workers is an error
-instead of a loop.
+instead of a loop. Workers never see a GPU (``CUDA_VISIBLE_DEVICES`` is emptied before ``init``
+runs): they play envs on CPU, and the one process that trains on the GPU keeps it to itself.
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ class WorkerDiedError(RuntimeError):
 
 
 def _serve(init: Callable[[], TaskFn], connection) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before init imports or builds anything that could touch CUDA
     _die_with_parent()
     _reap_group_on_exit()
     run = init()
+    shared = None
     try:
         while (message := connection.recv()) is not None:
-            index, task = message
-            connection.send((index, run(task)))
+            index, task, update = message
+            if update is not None:  # the first task of a map on this worker carries the map's shared value
+                shared = update[0]
+            connection.send((index, run(task) if shared is None else run((shared, task))))
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the parent went away (a reset or broken pipe is an OSError): an orphan must not linger
 
@@ -80,7 +85,9 @@ class WorkerPool:
         self.size = workers
         self.max_task_deaths = max_task_deaths
         self.context = mp.get_context("spawn")  # emulators and forked state do not mix
-        self.workers: dict = {}  # parent end of pipe -> [process, task index in flight or None]
+        self.workers: dict = {}  # parent end of pipe -> [process, task index in flight or None, map id seen]
+        self._map_id = 0  # which map's shared value each worker holds
+        self._shared = None
         for _ in range(workers):
             self._start_worker()
 
@@ -89,10 +96,14 @@ class WorkerPool:
         process = self.context.Process(target=_serve, args=(self.init, child_end), daemon=True)
         process.start()
         child_end.close()
-        self.workers[parent_end] = [process, None]
+        self.workers[parent_end] = [process, None, None]
 
-    def map(self, tasks: Sequence[Any], on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-        """Results in task order; ``on_result(index, result)`` is called as each arrives."""
+    def map(self, tasks: Sequence[Any], on_result: Callable[[int, Any], None] | None = None,
+            shared: Any = None) -> list[Any]:
+        """Results in task order; ``on_result(index, result)`` is called as each arrives. With
+        ``shared``, tasks run as ``run((shared, task))``; it is sent once per worker, not per task."""
+        self._map_id += 1
+        self._shared = shared
         pending = list(reversed(range(len(tasks))))
         results: dict[int, Any] = {}
         deaths: dict[int, int] = {}
@@ -116,16 +127,18 @@ class WorkerPool:
         if not pending:
             return
         index = pending.pop()
+        record = self.workers[connection]
+        update = None if record[2] == self._map_id else (self._shared,)
         try:
-            connection.send((index, tasks[index]))
+            connection.send((index, tasks[index], update))
         except OSError:  # the worker died between tasks: the task never reached it
             pending.append(index)
             self._replace(connection, tasks, pending, deaths)
             return
-        self.workers[connection][1] = index
+        record[1], record[2] = index, self._map_id
 
     def _replace(self, connection, tasks, pending, deaths) -> None:
-        process, index = self.workers.pop(connection)
+        process, index, _ = self.workers.pop(connection)
         process.join(timeout=5)
         print(f"a worker died (exit code {process.exitcode}) running task {index}; starting a new one")
         self._start_worker()
@@ -143,7 +156,7 @@ class WorkerPool:
                 connection.send(None)
             except (BrokenPipeError, OSError):
                 pass
-        for process, _ in self.workers.values():
+        for process, _, _ in self.workers.values():
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()

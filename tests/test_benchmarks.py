@@ -17,6 +17,7 @@ SMALLEST = {
                  "--z-dims", 8],
     "mdn_sampling.py": ["--dreams", 4, "--population", 2, "--z-dim", 8, "--hidden", 16, "--mixtures", 2,
                         "--repeats", 2],
+    "scale.py": ["--episodes", 2, "--workers", 1],
     "world_model.py": ["--episodes", 2, "--workers", 1, "--batch-size", 8, "--z-dim", 8, "--v-steps", 1,
                        "--hidden", 16, "--seq-len", 10, "--m-batch", 2, "--m-steps", 1],
 }

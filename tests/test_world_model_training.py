@@ -24,7 +24,7 @@ from world_models.train_mdnrnn import MDNRNNConfig, epoch_chunks, late_episode_w
 from world_models.train_vae import VAEConfig, load_vae, train_vae, vae_dir
 from world_models.training import DivergedError
 
-pytestmark = pytest.mark.slow  # starts processes (CLI runs, worker pools, env engines)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # processes; the module fixture trains V
 
 ENV = "VizdoomTakeCover-v1"
 Z = 8
@@ -85,9 +85,13 @@ def test_vae_loss_falls_and_the_run_dir_holds_metrics_and_images(trained_run: Pa
 
 
 def test_vae_resumed_run_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
-    train_vae(vae_config(data, tmp_path / "whole", epochs=2))
-    train_vae(vae_config(data, tmp_path / "resumed", epochs=1))
-    train_vae(vae_config(data, tmp_path / "resumed", epochs=2))
+    few = tmp_path / "data"  # two episodes: resumption, not learning, is under test
+    few.mkdir()
+    for path in [data / "metadata.json", *sorted(data.glob("ep_*"))[:2]]:
+        shutil.copy(path, few / path.name)
+    train_vae(vae_config(few, tmp_path / "whole", epochs=2, val_fraction=0.5))
+    train_vae(vae_config(few, tmp_path / "resumed", epochs=1, val_fraction=0.5))
+    train_vae(vae_config(few, tmp_path / "resumed", epochs=2, val_fraction=0.5))
     assert_same_weights(vae_dir(tmp_path / "whole"), vae_dir(tmp_path / "resumed"))
 
 

@@ -8,12 +8,14 @@ re-encodes only its new or rewritten episodes.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from envs.episodes import atomic_write_json, load_episode, seed_of
+from envs.episodes import Episode, atomic_write_json, load_episode, load_metadata, seed_of
 from envs.errors import CorruptFileError, UserError
+from envs.tasks import task_rules
 from world_models.checkpoint import load_checkpoint, save_checkpoint
 from world_models.data import (
     LatentEpisodes,
@@ -58,7 +60,8 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
     """
     train_files, val_files = dataset_files(data_dir, val_fraction)
     files = train_files + val_files
-    key = cache_key(vae_weights, files) | {"num_train": len(train_files)}
+    targets = TargetRules.of(data_dir)
+    key = cache_key(vae_weights, files) | {"num_train": len(train_files), "targets": targets.to_dict()}
     directory = latent_dir(run_dir)
     found = read_cache_key(directory)
     if found is not None and {k: found.get(k) for k in key} == key:
@@ -67,8 +70,8 @@ def build_latent_cache(run_dir: Path, data_dir: Path, vae: ConvVAE, vae_weights:
         except CorruptFileError as error:  # a cache can always be rebuilt
             print(f"{error}: encoding the dataset again")
             found = None
-    cached = _reusable_episodes(directory, found, key["vae_sha256"], Path(data_dir))
-    latents = _encode_dataset(vae, files, key["episode_stamps"], progress, cached)
+    cached = _reusable_episodes(directory, found, key, Path(data_dir))
+    latents = _encode_dataset(vae, files, key["episode_stamps"], progress, cached, targets)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "latents.json").unlink(missing_ok=True)  # until the new cache is whole
     save_checkpoint(directory, latents.tensors(), {"kind": "latent-cache"}, name="latents")
@@ -82,11 +85,14 @@ def cached_episode_seeds(run_dir: Path) -> list[int]:
     return [seed_of(Path(stamp.split(":")[0])) for stamp in found.get("episode_stamps", [])]
 
 
-def _reusable_episodes(directory: Path, found: dict | None, vae_sha256: str,
+def _reusable_episodes(directory: Path, found: dict | None, key: dict,
                        data_dir: Path) -> dict[str, LatentEpisodes]:
-    """The existing cache's episodes by file stamp, if the same V encoded them (else none)."""
+    """The existing cache's episodes by file stamp, if the same V encoded them under the same
+    reward and done rules (a cache from before the rules were recorded had the identity ones)."""
     path = directory / "latents.safetensors"
-    if found is None or found.get("vae_sha256") != vae_sha256 or not path.exists():
+    if found is None or found.get("vae_sha256") != key["vae_sha256"] or not path.exists():
+        return {}
+    if found.get("targets", TargetRules().to_dict()) != key["targets"]:
         return {}
     stamps = found.get("episode_stamps") or _stamps_of_unchanged_files(found, data_dir)
     if stamps is None:
@@ -110,24 +116,52 @@ def _stamps_of_unchanged_files(found: dict, data_dir: Path) -> list[str] | None:
 
 
 def _encode_dataset(vae: ConvVAE, files: list[Path], stamps: list[str], progress: bool,
-                    cached: dict[str, LatentEpisodes]) -> LatentEpisodes:
+                    cached: dict[str, LatentEpisodes], targets: TargetRules) -> LatentEpisodes:
     from world_models.training import progress_bar
 
     bar = progress_bar("encode", len(files), enabled=progress)
     episodes = []
     for path, stamp in zip(files, stamps, strict=True):  # already checked readable by dataset_files
-        episodes.append(cached[stamp] if stamp in cached else _encode_episode(vae, path))
+        episodes.append(cached[stamp] if stamp in cached else _encode_episode(vae, path, targets))
         bar.advance()
     bar.close()
     return LatentEpisodes.concat(episodes)
 
 
-def _encode_episode(vae: ConvVAE, path: Path) -> LatentEpisodes:
-    """One episode file encoded by V, as a one-episode ``LatentEpisodes``."""
+@dataclass(frozen=True)
+class TargetRules:
+    """What M learns as reward and episode end, from the dataset's env (``envs.tasks``)."""
+
+    clip_rewards: bool = False
+    """M's reward target is sign(r)."""
+    life_loss_ends: bool = False
+    """M's done target is set where the episode lost a life as well as where it terminated."""
+
+    @classmethod
+    def of(cls, data_dir: Path) -> TargetRules:
+        rules = task_rules(load_metadata(data_dir)["env_id"])
+        return cls(clip_rewards=rules.clip_rewards, life_loss_ends=rules.life_loss_ends)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def rewards(self, episode: Episode) -> torch.Tensor:
+        rewards = torch.from_numpy(episode.rewards)
+        return torch.sign(rewards) if self.clip_rewards else rewards
+
+    def terminated(self, episode: Episode) -> torch.Tensor:
+        ended = torch.from_numpy(episode.terminated)
+        if self.life_loss_ends and episode.life_lost is not None:
+            ended = ended | torch.from_numpy(episode.life_lost)
+        return ended
+
+
+def _encode_episode(vae: ConvVAE, path: Path, targets: TargetRules = TargetRules()) -> LatentEpisodes:
+    """One episode file encoded by V, as a one-episode ``LatentEpisodes`` with M's targets."""
     episode = load_episode(path)
     mu, log_sigma = encode_frames(vae, torch.from_numpy(episode.observations))
     parts = {"mu": [mu], "log_sigma": [log_sigma], "actions": [torch.from_numpy(episode.actions)],
-             "rewards": [torch.from_numpy(episode.rewards)], "terminated": [torch.from_numpy(episode.terminated)]}
+             "rewards": [targets.rewards(episode)], "terminated": [targets.terminated(episode)]}
     return LatentEpisodes.from_parts(parts, [len(episode)])
 
 

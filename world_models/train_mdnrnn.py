@@ -22,7 +22,14 @@ from world_models.latents import build_latent_cache, cached_episode_seeds
 from world_models.mdnrnn import MDNRNN
 from world_models.runlog import RunLogger, resolve_device
 from world_models.train_vae import load_vae, vae_dir
-from world_models.training import TrainState, check_finite, check_training, progress_bar, report_finished
+from world_models.training import (
+    TrainState,
+    check_finite,
+    check_training,
+    mixed_precision,
+    progress_bar,
+    report_finished,
+)
 
 MDNRNN_DIR = "mdnrnn"
 BEST_NAME = "best"
@@ -82,6 +89,8 @@ class MDNRNNConfig:
     """online | offline | disabled"""
     progress: bool = True
     """Show progress bars."""
+    amp: bool = False
+    """bfloat16 autocast on CUDA; ignored on CPU."""
 
     def check(self) -> None:
         """One-line UserError for the first bad setting (before any work starts)."""
@@ -304,7 +313,8 @@ def _train_epoch(model, optimizer, latents, epoch, state, config, device, weight
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     start, steps_seen, totals, count = time.perf_counter(), 0, {}, 0
     for batch in batches(latents, config, generator, device, weights):
-        losses = model_losses(model, batch, config)
+        with mixed_precision(config.amp, device):
+            losses = model_losses(model, batch, config)
         check_finite(losses["loss"], "M", mdnrnn_dir(config.run_dir))
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

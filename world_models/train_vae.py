@@ -19,7 +19,14 @@ from envs.errors import UserError
 from world_models.checkpoint import load_checkpoint, load_module_state
 from world_models.data import FrameStream, dataset_files, load_frames
 from world_models.runlog import RunLogger, resolve_device
-from world_models.training import TrainState, check_finite, check_training, progress_bar, report_finished
+from world_models.training import (
+    TrainState,
+    check_finite,
+    check_training,
+    mixed_precision,
+    progress_bar,
+    report_finished,
+)
 from world_models.vae import ConvVAE, frames_to_tensor
 
 VAE_DIR = "vae"
@@ -58,6 +65,8 @@ class VAEConfig:
     """online | offline | disabled"""
     progress: bool = True
     """Show a progress bar."""
+    amp: bool = False
+    """bfloat16 autocast on CUDA; ignored on CPU."""
 
     def check(self) -> None:
         """One-line UserError for the first bad setting (before any work starts)."""
@@ -143,7 +152,8 @@ def _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device) -
     start, frames_seen, last = time.perf_counter(), 0, {}
     for batch in stream.epoch(epoch):
         x = frames_to_tensor(torch.from_numpy(batch).to(device, non_blocking=True))
-        terms = vae.loss(x, config.kl_tolerance)
+        with mixed_precision(config.amp, device):
+            terms = vae.loss(x, config.kl_tolerance)
         check_finite(terms["loss"], "V", vae_dir(config.run_dir))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

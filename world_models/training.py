@@ -120,3 +120,9 @@ class progress_bar:
     def close(self) -> None:
         if self.progress:
             self.progress.stop()
+
+
+def mixed_precision(amp: bool, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast of a forward pass and its loss on CUDA when ``amp``; a no-op on CPU (bfloat16
+    needs no loss scaling, unlike float16, and the optimizer still steps float32 weights)."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
