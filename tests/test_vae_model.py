@@ -188,3 +188,19 @@ def test_training_on_coloured_rectangles_reduces_the_loss():
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] / 5, losses
     assert max(losses[-3:]) < 600, losses
+
+
+def test_moving_pixel_error_sees_a_dropped_ball_that_the_frame_average_hides():
+    from world_models.vae import moving_pixel_error
+
+    frames = torch.full((5, 3, 64, 64), 0.3)
+    for t in range(5):  # a 2x2 white ball moving right on a grey screen
+        frames[t, :, 30:32, 10 + 4 * t : 12 + 4 * t] = 1.0
+    background = torch.full_like(frames, 0.3)  # a V that dropped the ball
+    dropped = moving_pixel_error(frames, background)
+    assert dropped["static_mse"] == 0 and dropped["moving_mse"] > 0.2
+    assert 0 < dropped["moving_fraction"] < 0.01
+    whole_frame = float((background - frames).pow(2).sum(dim=1).mean())
+    assert whole_frame < dropped["moving_mse"] / 100  # the frame-wide error barely notices
+    kept = moving_pixel_error(frames, frames)
+    assert kept["moving_mse"] == kept["static_mse"] == 0

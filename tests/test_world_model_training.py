@@ -78,6 +78,7 @@ def test_vae_loss_falls_and_the_run_dir_holds_metrics_and_images(trained_run: Pa
         assert key in steps[-1], key
     epochs = [r for r in read_metrics(trained_run, "vae") if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [1, 2] and all("val_loss" in r for r in epochs)
+    assert all(r["val_moving_mse"] > 0 and 0 < r["val_moving_fraction"] < 1 for r in epochs)  # what moves
     images = sorted(p.name for p in (trained_run / "images").glob("*.png"))
     assert images == ["reconstruction_epoch001.png", "reconstruction_epoch002.png"]
     vae, config = load_vae(trained_run)

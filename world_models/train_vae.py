@@ -27,9 +27,10 @@ from world_models.training import (
     progress_bar,
     report_finished,
 )
-from world_models.vae import ConvVAE, frames_to_tensor
+from world_models.vae import ConvVAE, frames_to_tensor, moving_pixel_error
 
 VAE_DIR = "vae"
+MOVING_FRAMES = 512  # frames of one held-out episode for the moving-pixel error, each epoch
 
 
 @dataclass
@@ -99,6 +100,17 @@ def reconstruction_grid(vae: ConvVAE, frames: torch.Tensor) -> np.ndarray:
     return torch.cat([top, bottom], dim=0).numpy()
 
 
+@torch.no_grad()
+def moving_pixels(vae: ConvVAE, frames: torch.Tensor) -> dict:
+    """``val_moving_mse`` / ``val_static_mse`` / ``val_moving_fraction`` of consecutive held-out
+    frames (``world_models.vae.moving_pixel_error``): whether V keeps what moves."""
+    vae.eval()
+    x = frames_to_tensor(frames.to(next(vae.parameters()).device))
+    decoded = vae.decode(vae.encode(x)[0]).clamp(0, 1)
+    vae.train()
+    return {f"val_{k}": v for k, v in moving_pixel_error(x, decoded).items()}
+
+
 def evaluate_vae(vae: ConvVAE, files: list[Path], config: VAEConfig, device: torch.device) -> dict:
     """Mean loss terms over held-out episodes."""
     totals, count = {}, 0
@@ -132,11 +144,13 @@ def train_vae(config: VAEConfig) -> dict:
     logger = RunLogger(config.run_dir, config, "vae", config.wandb_mode)
     stream = FrameStream(train_files, config.batch_size, seed=config.seed, chunk_episodes=config.shuffle_episodes)
     grid_frames = load_frames(val_files or train_files)[:: 37][:8]
+    sequence = load_frames((val_files or train_files)[:1])[:MOVING_FRAMES]  # consecutive held-out frames
     metrics = {}
     bar = progress_bar("V", config.epochs, state.epoch, config.progress)
     for epoch in range(state.epoch, config.epochs):
         metrics = _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device)
         metrics.update(evaluate_vae(vae, val_files, config, device))
+        metrics.update(moving_pixels(vae, sequence))
         logger.log(metrics, state.step)
         logger.image(f"reconstruction_epoch{epoch + 1:03d}", reconstruction_grid(vae, grid_frames), state.step)
         state.epoch, state.metrics = epoch + 1, metrics
