@@ -85,7 +85,7 @@ def test_rerun_resumes_without_repeating_seeds(tmp_path):
 
 def test_killed_collection_resumes(tmp_path):
     command = [sys.executable, str(ROOT / "train.py"), "collect", "--env", "VizdoomTakeCover-v1",
-               "--episodes", "30", "--out", str(tmp_path), "--workers", "2", "--no-progress"]
+               "--episodes", "12", "--out", str(tmp_path), "--workers", "2", "--no-progress"]
     process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
     deadline = time.time() + 120
     while len(episode_files(tmp_path)) < 3 and time.time() < deadline:
@@ -93,12 +93,12 @@ def test_killed_collection_resumes(tmp_path):
     os.killpg(process.pid, signal.SIGKILL)  # the whole group, as a machine losing power would
     process.wait()
     survivors = episode_files(tmp_path)
-    assert 3 <= len(survivors) < 30
+    assert 3 <= len(survivors) < 12
     for path in survivors:
         load_episode(path)  # every file on disk is whole: writes are atomic
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert [seed_of(f) for f in episode_files(tmp_path)] == list(range(30))
+    assert [seed_of(f) for f in episode_files(tmp_path)] == list(range(12))
     assert not list(tmp_path.glob(".*.tmp"))
 
 
