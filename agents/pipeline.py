@@ -254,7 +254,8 @@ def _training(common: dict) -> dict:
 
 def _vae_config(s: PipelineSettings, run_dir: Path, common: dict) -> VAEConfig:
     return VAEConfig(data=run_dir / "data", run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs,
-                     batch_size=s.vae_batch, lr=s.vae_lr, seed=s.seed, **_training(common))
+                     batch_size=s.vae_batch, lr=s.vae_lr, recon_cutoff=s.vae_recon_cutoff, seed=s.seed,
+                     **_training(common))
 
 
 def _mdn_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -> MDNRNNConfig:

@@ -45,6 +45,9 @@ class PipelineSettings:
     """Frames per V batch."""
     vae_lr: float = 1e-3
     """V's Adam learning rate."""
+    vae_recon_cutoff: float = 0.0
+    """V trains on the clipped per-pixel loss max(0, e - cutoff) (SimPLe) so small objects count;
+    0: the plain L2 loss."""
     hidden: int = 256
     """LSTM units of M."""
     mixtures: int = 5
@@ -158,6 +161,7 @@ class PipelineSettings:
                      "round_mdn_epochs", "final_generations", "final_restarts", "done_critics", "seed"):
             at_least(name, getattr(self, name), 0)
         at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
+        at_least("vae_recon_cutoff", self.vae_recon_cutoff, 0)
         for name in ("temperature", "vae_lr", "mdn_lr"):
             positive(name, getattr(self, name))
         in_range("exploration", self.exploration, 0.0, 1.0)

@@ -15,7 +15,8 @@ from envs.errors import UserError
 # doom-take-cover as it was run for every published row (before presets became overlays)
 DOOM_TAKE_COVER = {
     "env": "VizdoomTakeCover-v1", "episodes": 300, "vae_episodes": 0, "policy": "held", "collect_workers": 2,
-    "z_dim": 64, "vae_epochs": 3, "vae_batch": 100, "vae_lr": 0.001, "hidden": 256, "mixtures": 5, "seq_len": 200,
+    "z_dim": 64, "vae_epochs": 3, "vae_batch": 100, "vae_lr": 0.001, "vae_recon_cutoff": 0.0, "hidden": 256,
+    "mixtures": 5, "seq_len": 200,
     "mdn_epochs": 30, "mdn_batch": 32, "mdn_lr": 0.001, "mdn_keep_best": "", "mdn_patience": 10,
     "temperature": 1.15, "done_mode": "threshold", "dream_max_steps": 2100, "generations": 30, "population": 64,
     "rollouts": 16, "eval_every": 10, "eval_rollouts": 256, "include_cell": False, "eval_episodes": 100,

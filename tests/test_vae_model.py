@@ -204,3 +204,21 @@ def test_moving_pixel_error_sees_a_dropped_ball_that_the_frame_average_hides():
     assert whole_frame < dropped["moving_mse"] / 100  # the frame-wide error barely notices
     kept = moving_pixel_error(frames, frames)
     assert kept["moving_mse"] == kept["static_mse"] == 0
+
+
+def test_the_clipped_loss_ignores_errors_under_the_cutoff_and_leaves_the_plain_loss_alone():
+    torch.manual_seed(0)
+    vae = ConvVAE(z_dim=8)
+    x = torch.rand(4, 3, 64, 64)
+    torch.manual_seed(1)
+    plain = vae.loss(x)
+    torch.manual_seed(1)
+    off = vae.loss(x, recon_cutoff=0.0)
+    assert "recon_clipped" not in off and torch.equal(off["loss"], plain["loss"])  # 0: bit-identical
+    torch.manual_seed(1)
+    clipped = vae.loss(x, recon_cutoff=3.0)  # a pixel's error summed over 3 channels is at most 3
+    assert float(clipped["recon_clipped"]) == 0 and torch.equal(clipped["loss"], clipped["kl"])
+    assert torch.equal(clipped["recon"], plain["recon"])  # the plain figure is still reported
+    torch.manual_seed(1)
+    some = vae.loss(x, recon_cutoff=0.1)
+    assert 0 < float(some["recon_clipped"]) < float(some["recon"])

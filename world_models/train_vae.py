@@ -51,6 +51,9 @@ class VAEConfig:
     """Adam learning rate (paper: 1e-4)."""
     kl_tolerance: float = 0.5
     """KL floor per latent dim (released code: 0.5); 0 disables it."""
+    recon_cutoff: float = 0.0
+    """Train on the clipped per-pixel loss max(0, e - cutoff) (SimPLe), e a pixel's squared error
+    summed over channels, so that small objects count; 0: the plain L2 loss."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for the validation loss."""
     shuffle_episodes: int = 64
@@ -73,6 +76,7 @@ class VAEConfig:
         """One-line UserError for the first bad setting (before any work starts)."""
         check_training(self, ("z_dim", "epochs", "batch_size", "shuffle_episodes", "log_every"))
         at_least("kl_tolerance", self.kl_tolerance, 0)
+        at_least("recon_cutoff", self.recon_cutoff, 0)
 
 
 def vae_dir(run_dir: Path) -> Path:
@@ -118,7 +122,7 @@ def evaluate_vae(vae: ConvVAE, files: list[Path], config: VAEConfig, device: tor
     with torch.no_grad():
         for batch in FrameStream(files, 256, seed=0, drop_last=False).epoch(0):
             x = frames_to_tensor(torch.from_numpy(batch).to(device))
-            terms = vae.loss(x, config.kl_tolerance)
+            terms = vae.loss(x, config.kl_tolerance, config.recon_cutoff)
             for key in ("loss", "recon", "kl"):
                 totals[key] = totals.get(key, 0.0) + float(terms[key]) * len(batch)
             count += len(batch)
@@ -167,7 +171,7 @@ def _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device) -
     for batch in stream.epoch(epoch):
         x = frames_to_tensor(torch.from_numpy(batch).to(device, non_blocking=True))
         with mixed_precision(config.amp, device):
-            terms = vae.loss(x, config.kl_tolerance)
+            terms = vae.loss(x, config.kl_tolerance, config.recon_cutoff)
         check_finite(terms["loss"], "V", vae_dir(config.run_dir))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
