@@ -22,14 +22,14 @@ from agents.evaluate import load_start_latents
 from agents.fitness import DreamFitness, RealFitness
 from agents.npg import NPGConfig
 from agents.npg_train import RealFeatureEnv, train_npg
-from envs.checks import at_least, directory_to_write, existing_directory, in_range, one_of, positive
+from envs.checks import at_least, directory_to_write, existing_directory, in_range, positive
 from envs.errors import UserError
 from envs.make import make_env
 from envs.pool import check_backend
 from envs.tasks import task_rules
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
 from world_models.mdnrnn import MDNRNN
-from world_models.runlog import WANDB_MODES, RunLogger, resolve_device
+from world_models.runlog import RunLogger, check_wandb_mode, resolve_device
 from world_models.train_mdnrnn import load_mdnrnn
 from world_models.train_vae import load_vae
 from world_models.training import progress_bar
@@ -117,7 +117,7 @@ class ControllerConfig:
         at_least("damping", self.damping, 0)
         in_range("done_threshold", self.done_threshold, 0.0, 1.0)
         resolve_device(self.device)
-        one_of("wandb_mode", self.wandb_mode, WANDB_MODES)
+        check_wandb_mode(self.wandb_mode)
         directory_to_write("run_dir", self.run_dir)
         for directory in self.done_critics:
             existing_directory("done_critics", directory, "a run or round directory with an M")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from envs.checks import at_least, directory_to_write, one_of, positive
+from envs.checks import at_least, directory_to_write, positive
 from envs.errors import UserError
 from world_models.checkpoint import (
     check_config,
@@ -19,7 +19,7 @@ from world_models.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from world_models.runlog import WANDB_MODES, resolve_device, to_jsonable
+from world_models.runlog import check_wandb_mode, resolve_device, to_jsonable
 
 STATE_NAME = "train_state"
 
@@ -93,7 +93,7 @@ def check_training(config, counts: tuple[str, ...]) -> None:
         raise UserError(f"--val-fraction must be in [0, 1), got {config.val_fraction:g}")
     at_least("seed", config.seed, 0)
     resolve_device(config.device)
-    one_of("wandb_mode", config.wandb_mode, WANDB_MODES)
+    check_wandb_mode(config.wandb_mode)
     directory_to_write("run_dir", config.run_dir)
     if getattr(config, "data", None) is not None:
         directory_to_write("data", config.data)
