@@ -119,18 +119,18 @@ class _CpuView:
 class RealFeatureEnv:
     """N real envs seen through V and M: the feature-env interface over the real world.
 
-    Steps the envs one after another in this process (a Gymnasium ``SyncVectorEnv`` with
-    next-step autoreset) and encodes all N frames in one batch per step.
+    ``envs`` is a Gymnasium vector env with next-step autoreset whose observations are
+    (N, 64, 64, 3) uint8 frames: a ``SyncVectorEnv`` (the envs step in this process) or a
+    ``RayVectorEnv`` (one Ray actor each), see ``envs.pool.make_vector_env``. All N frames are
+    encoded in one batch per step. ``close()`` closes ``envs``.
     """
 
-    def __init__(self, env_fns: list, vae, mdnrnn, include_cell: bool = False) -> None:
-        import gymnasium as gym
-
-        self.envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    def __init__(self, envs, vae, mdnrnn, include_cell: bool = False) -> None:
+        self.envs = envs
         self.vae, self.mdnrnn, self.include_cell = vae, mdnrnn, include_cell
         self.device = next(mdnrnn.parameters()).device
         self.carry = self.z = None
-        self.ended = np.zeros(len(env_fns), dtype=bool)
+        self.ended = np.zeros(envs.num_envs, dtype=bool)
 
     @torch.no_grad()
     def _observe(self, frames: np.ndarray) -> torch.Tensor:
@@ -155,3 +155,6 @@ class RealFeatureEnv:
         self.ended = terminated | truncated
         as_tensor = lambda x: torch.as_tensor(x, device=self.device)  # noqa: E731
         return self._observe(frames), as_tensor(reward), as_tensor(terminated), as_tensor(truncated)
+
+    def close(self) -> None:
+        self.envs.close()

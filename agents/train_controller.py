@@ -8,6 +8,7 @@ The best controller so far is always saved to ``RUN/controller`` for ``eval.py``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from agents.npg_train import RealFeatureEnv, train_npg
 from envs.checks import at_least, directory_to_write, existing_directory, in_range, positive
 from envs.errors import UserError
 from envs.make import make_env
-from envs.pool import check_backend
+from envs.pool import check_backend, make_vector_env
 from envs.tasks import task_rules
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
 from world_models.mdnrnn import MDNRNN
@@ -60,7 +61,8 @@ class ControllerConfig:
     eval_rollouts: int = 256
     """Rollouts for that re-evaluation (paper: 1024)."""
     workers: int = 1
-    """Real-env worker processes."""
+    """Real-env workers (--where real): CMA-ES's worker processes (or Ray actors); NPG's envs
+    stepped together (with --backend ray, one actor each)."""
     hidden: int = 0
     """0: linear controller (paper); >0: one tanh hidden layer of that size."""
     include_cell: bool = False
@@ -98,8 +100,8 @@ class ControllerConfig:
     progress: bool = True
     """Show progress bars."""
     backend: Literal["local", "ray"] = "local"
-    """Where CMA-ES's real-env rollouts run (--where real): local worker processes, or Ray actors
-    (needs the ray extra). NPG's real envs always step in this process."""
+    """Where the real env runs (--where real): local (CMA-ES's rollouts in worker processes, NPG's
+    envs one after another in this process) or ray (Ray actors, one CPU each; needs the ray extra)."""
     ray_address: str | None = None
     """With --backend ray: the cluster to join (auto: the one `ray start` made here); none starts
     a Ray instance on this machine."""
@@ -122,9 +124,6 @@ class ControllerConfig:
         for directory in self.done_critics:
             existing_directory("done_critics", directory, "a run or round directory with an M")
         check_backend(self.backend, self.ray_address)
-        if self.backend != "local" and self.algo == "npg" and self.where == "real":
-            raise UserError("--backend ray runs CMA-ES's real-env rollouts; NPG's real envs step in this "
-                            "process: use --backend local (or --algo cmaes)")
 
 
 def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpec:
@@ -224,7 +223,8 @@ def _train_npg(config, spec, make_dream, mdnrnn, info, logger) -> dict:
         env = make_dream(config.npg_envs)
     else:
         vae, _ = load_vae(config.run_dir)
-        env = RealFeatureEnv([lambda: make_env(info["env_id"])] * max(config.workers, 1), vae, mdnrnn,
+        env_fns = [functools.partial(make_env, info["env_id"])] * config.workers  # picklable, for Ray actors
+        env = RealFeatureEnv(make_vector_env(config.backend, env_fns, config.ray_address), vae, mdnrnn,
                              config.include_cell)
     best = {"fitness": -math.inf}
     bar = progress_bar("C (NPG)", config.generations, enabled=config.progress)
@@ -248,6 +248,8 @@ def _train_npg(config, spec, make_dream, mdnrnn, info, logger) -> dict:
         train_npg(env, spec, npg, config.generations, config.npg_horizon, config.seed, log, checkpoint)
     finally:
         bar.close()
+        if isinstance(env, RealFeatureEnv):
+            env.close()  # the envs' engines, or their Ray actors
     return {"best_fitness": best["fitness"], "seconds": time.perf_counter() - start, **best}
 
 

@@ -13,6 +13,15 @@ function) that a worker runs once to build its env and models and that returns t
 then applies to each task. With ``shared``, every task of that ``map`` is applied as
 ``run((shared, task))``; ``shared`` is sent once per worker per map (local) or put in Ray's object
 store once per map (ray), not once per task: a generation's controller parameters go that way.
+
+NPG's real envs step in lockstep, not as tasks: ``make_vector_env(backend, env_fns)`` gives a
+Gymnasium vector env with next-step autoreset over picklable ``env_fns`` (the backend is a
+parameter, as ``vec_env_cls`` is in Stable-Baselines3's ``make_vec_env``):
+
+    local  ``gym.vector.SyncVectorEnv``: the envs step one after another in this process.
+    ray    ``envs.ray_vector.RayVectorEnv``: one Ray actor per env, the same results for the same
+           seeds and actions, and a dead or stuck actor replaced (its episode cut) as ``RayPool``
+           replaces one.
 """
 
 from __future__ import annotations
@@ -82,3 +91,18 @@ def make_pool(backend: str, init: Callable[[], Callable[[Any], Any]], workers: i
     from envs.workers import WorkerPool
 
     return WorkerPool(init, workers, **options)
+
+
+def make_vector_env(backend: str, env_fns: Sequence[Callable[[], Any]], ray_address: str | None = None,
+                    **options: Any):
+    """A vector env with next-step autoreset over ``env_fns`` (picklable for ray); ``options`` go
+    to its constructor (``SyncVectorEnv``'s, or ``RayVectorEnv``'s ``max_deaths`` and timeouts).
+    Observations (N, *obs shape), rewards (N,), terminated and truncated (N,)."""
+    check_backend(backend, ray_address)
+    if backend == "ray":
+        from envs.ray_vector import RayVectorEnv
+
+        return RayVectorEnv(env_fns, address=ray_address, **options)
+    import gymnasium as gym
+
+    return gym.vector.SyncVectorEnv(list(env_fns), autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, **options)

@@ -34,6 +34,12 @@ from envs.workers import WorkerDiedError
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # env vars of every actor: workers play envs on CPU only
 
 
+def lost_actor_errors(ray) -> tuple[type[BaseException], ...]:
+    """The exceptions of ``ray.get`` that mean the actor (its process or node) is gone."""
+    exceptions = ray.exceptions
+    return (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError)
+
+
 class _Actor:
     """A Ray actor: builds its state once with ``init()``, then applies it to tasks."""
 
@@ -102,7 +108,7 @@ class RayPool:
                 slot, index, started, first = busy.pop(ref)
                 try:
                     result = self.ray.get(ref)
-                except self._lost_actor_errors() as error:
+                except lost_actor_errors(self.ray) as error:
                     self._replace(slot, index, deaths, pending, f"died ({type(error).__name__})", fresh)
                 else:
                     if not first:
@@ -125,10 +131,6 @@ class RayPool:
         now = time.monotonic()
         nearest = min(started + self.timeout(first) - now for _, _, started, first in busy.values())
         return min(5.0, max(0.01, nearest))
-
-    def _lost_actor_errors(self) -> tuple[type[BaseException], ...]:
-        exceptions = self.ray.exceptions
-        return (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError)
 
     def _replace(self, slot: int, index: int, deaths: dict, pending: list, what: str, fresh: set) -> None:
         """Kill the actor at ``slot``, start a new one there, and queue its task again (or give up)."""
