@@ -42,6 +42,9 @@ class Collect:
     """Dataset directory; running again with the same directory resumes."""
     episodes: int = 100
     """Episodes the directory should hold in the end."""
+    step_cap: int = 0
+    """The directory may hold at most this many agent steps (an experience budget such as Atari
+    100k): episodes are cut so the total never exceeds it, and collection stops there; 0: no cap."""
     workers: int = 1
     """Independent worker processes, each with its own env."""
     seed: int = 0
@@ -64,6 +67,7 @@ class Collect:
 
         check_env_id(self.env)
         at_least("episodes", self.episodes, 1)
+        at_least("step_cap", self.step_cap, 0)
         at_least("workers", self.workers, 1)
         at_least("seed", self.seed, 0)
         directory_to_write("out", self.out)
@@ -76,6 +80,7 @@ def run_collect(args: Collect) -> None:
     summary = collect(
         args.env, args.episodes, args.out, workers=args.workers, seed=args.seed,
         policy=args.policy, progress=args.progress, backend=args.backend, ray_address=args.ray_address,
+        step_cap=args.step_cap or None,
     )
     print(summary.line())
 

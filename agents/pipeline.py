@@ -31,7 +31,7 @@ from agents.presets import PipelineSettings
 from agents.report import learning_curve
 from agents.train_controller import ControllerConfig, dream_config, train_controller
 from envs.collect import collect
-from envs.episodes import atomic_write_json, iter_episodes
+from envs.episodes import atomic_write_json, iter_episodes, load_metadata
 from envs.errors import CorruptFileError, UserError
 from world_models.dream import held_action_lengths
 from world_models.runlog import WandbRun, pipeline_wandb, resolve_device, set_pipeline_stage, to_jsonable
@@ -127,7 +127,7 @@ def _run_stages(s: PipelineSettings, run_dir: Path, common: dict) -> dict:
 
     def collect_random(total: int):
         return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, policy=s.policy,
-                               progress=progress, **_pool(common))
+                               progress=progress, step_cap=step_cap(s, 1), **_pool(common))
 
     for_vae = min(s.vae_episodes, s.episodes) if s.vae_episodes else s.episodes
     stages.run("collect", collect_random(for_vae), dataclasses.asdict)
@@ -140,10 +140,16 @@ def _run_stages(s: PipelineSettings, run_dir: Path, common: dict) -> dict:
     result = _play_real(stages, stage_name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes,
                         pool=_pool(common))
     stages.run("videos", lambda: _videos(run_dir, s.env))
-    summary = summarise(run_dir, stages, result, data)
+    summary = summarise(run_dir, stages, result, data, s.real_step_budget or None)
     atomic_write_json(run_dir / "summary.json", summary)
     learning_curve(run_dir)
     return summary
+
+
+def step_cap(s: PipelineSettings, k: int) -> int | None:
+    """The agent steps the dataset may hold once round k has collected (random rollouts in round 1,
+    the agent's episodes and probes later): k/iterations of the real-step budget; None without one."""
+    return s.real_step_budget * k // s.iterations if s.real_step_budget else None
 
 
 def stage_name(stage: str, k: int) -> str:
@@ -161,7 +167,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     Every round ends with a real-env score on the validation seeds."""
     def collect_to(total: int, **policy):
         return lambda: collect(s.env, total, data, workers=s.collect_workers, seed=s.seed, progress=progress,
-                               **_pool(common), **policy)
+                               step_cap=step_cap(s, k), **_pool(common), **policy)
 
     def train_m():  # epochs count from M's first round, so a round continues the last one's M
         return train_mdnrnn(_mdn_config(s, run_dir, common, _mdn_epochs(s, k, stages)))
@@ -254,7 +260,8 @@ def _training(common: dict) -> dict:
 
 def _vae_config(s: PipelineSettings, run_dir: Path, common: dict) -> VAEConfig:
     return VAEConfig(data=run_dir / "data", run_dir=run_dir, z_dim=s.z_dim, epochs=s.vae_epochs,
-                     batch_size=s.vae_batch, lr=s.vae_lr, recon_cutoff=s.vae_recon_cutoff, seed=s.seed,
+                     batch_size=s.vae_batch, lr=s.vae_lr, recon_cutoff=s.vae_recon_cutoff,
+                     foreground_weight=s.vae_foreground_weight, seed=s.seed,
                      **_training(common))
 
 
@@ -335,8 +342,8 @@ def _log_results(run: WandbRun, run_dir: Path) -> None:
     if validation:
         run.table("validate/episodes", ["round", *columns], validation)
     run.table("evaluate/episodes", columns, _episode_rows(stages.done[_last(stages, "evaluate")]["summary"]))
-    keys = ("real_mean", "real_std", "real_episodes", "dream_score", "deployed_round", "real_frames_used",
-            "seconds_total")
+    keys = ("real_mean", "real_std", "real_episodes", "dream_score", "deployed_round", "real_steps_used",
+            "real_frames_used", "seconds_total")
     run.summary({f"evaluate/{key}": summary[key] for key in keys}
                 | {f"seconds/{name}": seconds for name, seconds in summary["seconds_per_stage"].items()})
     if (run_dir / "images" / "learning_curve.png").exists():
@@ -375,8 +382,8 @@ def _select_round(stages: Stages, s: PipelineSettings, run_dir: Path) -> None:
     stages.run(stage_name("select", s.iterations), select)
 
 
-def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:
-    real_frames = sum(len(episode) for _, episode in iter_episodes(data))
+def summarise(run_dir: Path, stages: Stages, result: dict, data: Path, budget: int | None = None) -> dict:
+    real_steps = sum(len(episode) for _, episode in iter_episodes(data))
     selected = [stage["summary"]["round"] for name, stage in stages.done.items() if name.startswith("select")]
     deployed = selected[-1] if selected else None
     controller = stage_name("controller", deployed) if deployed else _last(stages, "controller")
@@ -388,10 +395,21 @@ def summarise(run_dir: Path, stages: Stages, result: dict, data: Path) -> dict:
                                        if name.startswith("validate")],
         "real_mean": result["mean"], "real_std": result["std"], "real_episodes": result["episodes"],
         "real_seeds": [result["seeds"][0], result["seeds"][-1]],
-        "real_frames_used": real_frames,
+        "real_steps_used": real_steps,  # agent steps of every episode M, V and C learned from
+        "real_step_budget": budget,
+        "real_frames_used": real_steps * load_metadata(data).get("frameskip", 1),
         "seconds_per_stage": {name: stage["seconds"] for name, stage in stages.done.items()},
         "seconds_total": round(sum(stage["seconds"] for stage in stages.done.values()), 1),
     }
+
+
+def _experience(summary: dict) -> str:
+    steps, frames = summary.get("real_steps_used"), summary["real_frames_used"]
+    if steps is None:  # a summary written before steps were counted
+        return f"{frames:,} frames"
+    budget = summary.get("real_step_budget")
+    return (f"{steps:,} agent steps" + (f" of the {budget:,}-step budget" if budget else "")
+            + (f" ({frames:,} frames)" if frames != steps else ""))
 
 
 def _last(stages: Stages, prefix: str) -> str:
@@ -404,7 +422,7 @@ def summary_lines(summary: dict) -> list[str]:
     return [
         f"dream score {summary['dream_score']:.1f}; real score {summary['real_mean']:.1f} +- "
         f"{summary['real_std']:.1f} over {summary['real_episodes']} episodes (seeds {first}-{last})",
-        f"real frames used for training: {summary['real_frames_used']:,}",
+        f"real experience used for training: {_experience(summary)}",
         *([f"real score per round (validation seeds): {[round(x, 1) for x in summary['validation_score_per_round']]}"
            + (f"; deployed round {summary['deployed_round']}" if summary.get("deployed_round") else "")]
           if summary["validation_score_per_round"] else []),

@@ -32,6 +32,10 @@ class PipelineSettings:
     """V trains on the first this-many random rollouts only and the rest are collected after V,
     for M alone (0: V trains on all of them). V's cost grows with its data; M's done head sees
     one death per episode."""
+    real_step_budget: int = 0
+    """At most this many agent steps of real experience in the dataset, all collection stages
+    together (Atari 100k: 100000); round k's collection fills it up to k/iterations of the budget,
+    so with a budget episodes and iteration_episodes are upper bounds. 0: no budget."""
     policy: str = "held"
     """Policy of the random rollouts: random (uniform actions) | held (a random action held for
     1-10 steps, the World Models Doom policy)."""
@@ -48,6 +52,9 @@ class PipelineSettings:
     vae_recon_cutoff: float = 0.0
     """V trains on the clipped per-pixel loss max(0, e - cutoff) (SimPLe) so small objects count;
     0: the plain L2 loss."""
+    vae_foreground_weight: float = 1.0
+    """V weighs the loss of the pixels that differ from the data's median frame (the objects on a
+    fixed screen) this many times; 1: the plain L2 loss."""
     hidden: int = 256
     """LSTM units of M."""
     mixtures: int = 5
@@ -162,6 +169,14 @@ class PipelineSettings:
             at_least(name, getattr(self, name), 0)
         at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
         at_least("vae_recon_cutoff", self.vae_recon_cutoff, 0)
+        at_least("vae_foreground_weight", self.vae_foreground_weight, 1)
+        at_least("real_step_budget", self.real_step_budget, 0)
+        if self.real_step_budget and self.real_step_budget < self.iterations:
+            raise UserError(f"--real-step-budget {self.real_step_budget} leaves no steps for some of the "
+                            f"{self.iterations} rounds")
+        if self.real_step_budget and self.val_episodes:
+            raise UserError("--real-step-budget counts every real step the agent learns from, and validation "
+                            "episodes choose rounds and restarts: set --val-episodes 0 with a budget")
         for name in ("temperature", "vae_lr", "mdn_lr"):
             positive(name, getattr(self, name))
         in_range("exploration", self.exploration, 0.0, 1.0)
@@ -207,6 +222,15 @@ PRESETS: dict[str, Preset] = {
          "vae_lr": 1e-4, "hidden": 512, "seq_len": 500, "mdn_epochs": 20, "mdn_batch": 100,
          "done_mode": "threshold", "generations": 300, "eval_every": 25, "eval_rollouts": 1024,
          "include_cell": True, "workers": 64, "iterations": 1}),
+    "atari-100k": Preset(
+        "any ALE/<Game>-v5 (--env) under the Atari 100k protocol: 100,000 agent steps of real experience "
+        "in all, half random rollouts and half the agent's own episodes in a second round; no validation "
+        "episodes (they would be experience outside the budget); 100 evaluation episodes under v5's rules",
+        {"real_step_budget": 100_000, "episodes": 10_000, "iteration_episodes": 10_000, "iterations": 2,
+         "policy": "held", "z_dim": 32, "vae_epochs": 3, "hidden": 256, "seq_len": 100, "mdn_epochs": 20,
+         "round_mdn_epochs": 10, "temperature": 1.0, "dream_max_steps": 1000, "generations": 20,
+         "first_round_generations": 10, "population": 32, "rollouts": 8, "eval_every": 5, "eval_rollouts": 64,
+         "val_episodes": 0, "select_round": False, "eval_episodes": 100, "exploration": 0.1}),
     "tiny": Preset(
         "an overlay that shrinks any recipe to a minutes-long smoke run of every stage "
         "(stack it last: --preset doom-take-cover-3000 tiny)",
@@ -218,6 +242,10 @@ PRESETS: dict[str, Preset] = {
     "doom-take-cover-tiny": Preset(
         "doom-take-cover tiny: a minutes-long smoke run (tests, a first try on a new machine)",
         bases=("doom-take-cover", "tiny")),
+    "atari-100k-tiny": Preset(
+        "atari-100k tiny: two rounds within a 1,500-step budget, a minutes-long smoke run (--env ALE/Pong-v5)",
+        {"real_step_budget": 1_500, "iterations": 2, "val_episodes": 0, "episodes": 100, "iteration_episodes": 100},
+        bases=("atari-100k", "tiny")),
 }
 
 

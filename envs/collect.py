@@ -25,10 +25,10 @@ from envs.episodes import (
     atomic_write_json,
     encode_episode,
     episode_path,
+    iter_episodes,
     load_metadata,
     save_episode,
     seed_of,
-    valid_episode_files,
 )
 from envs.errors import UserError
 from envs.make import env_info, make_env
@@ -39,8 +39,9 @@ from envs.version import package_version
 PolicyFactory = Callable[[gym.Space, np.random.Generator], Policy]
 
 
-def run_episode(env: gym.Env, policy: Policy, seed: int) -> Episode:
-    """Play one episode from ``env.reset(seed=seed)`` until it terminates or is truncated."""
+def run_episode(env: gym.Env, policy: Policy, seed: int, max_steps: int | None = None) -> Episode:
+    """Play one episode from ``env.reset(seed=seed)`` until it terminates or is truncated (by the
+    env's limit, or after ``max_steps`` steps: a step budget's share)."""
     observation, info = env.reset(seed=seed)
     observations, actions, rewards, terminated, truncated, life_lost = [observation], [], [], [], [], []
     lives = info.get("lives")  # ALE reports lives; an env without them never loses one
@@ -52,10 +53,10 @@ def run_episode(env: gym.Env, policy: Policy, seed: int) -> Episode:
         actions.append(action)
         rewards.append(reward)
         terminated.append(term)
-        truncated.append(trunc)
+        truncated.append(trunc or (max_steps is not None and len(actions) >= max_steps and not term))
         life_lost.append(lives is not None and info.get("lives", lives) < lives)
         lives = info.get("lives", lives)
-        done = term or trunc
+        done = term or truncated[-1]
     return Episode(
         observations=np.stack(observations),
         actions=np.asarray(actions, dtype=np.float32 if isinstance(actions[0], np.ndarray) else np.int64),
@@ -73,11 +74,13 @@ def named_policy_factory(name: str) -> PolicyFactory:
 
 
 def _episode_writer(env_id: str, out: str, policy_factory: PolicyFactory):
-    """Worker set-up: one env for the worker's life; each task is a seed to play and save."""
+    """Worker set-up: one env for the worker's life; each task is a (seed, step limit or None) to
+    play and save."""
     env = make_env(env_id)
 
-    def play(seed: int) -> tuple[int, float]:
-        episode = run_episode(env, policy_factory(env.action_space, np.random.default_rng(seed)), seed)
+    def play(task: tuple[int, int | None]) -> tuple[int, float]:
+        seed, max_steps = task
+        episode = run_episode(env, policy_factory(env.action_space, np.random.default_rng(seed)), seed, max_steps)
         save_episode(episode_path(Path(out), seed), episode)
         return len(episode), episode.total_reward
 
@@ -91,6 +94,8 @@ class CollectSummary:
     steps: int
     seconds: float
     mean_return: float
+    steps_total: int = 0  # agent steps of every episode in the dataset, old and new
+    step_cap: int | None = None  # the most agent steps the dataset may hold (None: no cap)
 
     @property
     def steps_per_second(self) -> float:
@@ -101,6 +106,8 @@ class CollectSummary:
             f"collected {self.episodes_new} new episodes ({self.episodes_total} in total), "
             f"{self.steps} env steps in {self.seconds:.1f}s = {self.steps_per_second:,.0f} steps/s, "
             f"mean return {self.mean_return:.2f}"
+            + (f"; the dataset holds {self.steps_total:,} of its {self.step_cap:,} agent steps"
+               if self.step_cap is not None else "")
         )
 
 
@@ -143,54 +150,86 @@ def collect(
     progress: bool = True,
     backend: str = "local",
     ray_address: str | None = None,
+    step_cap: int | None = None,
 ) -> CollectSummary:
     """Collect up to ``episodes`` episodes of ``env_id`` into ``out`` with ``workers`` processes.
 
     ``policy_factory(action_space, rng) -> policy`` overrides the named ``policy`` (it must be
     picklable: the workers are spawned processes). ``backend``: ``local`` worker processes, or
     ``ray`` actors (on the Ray cluster at ``ray_address``; see ``envs.pool``).
+
+    ``step_cap``: the dataset in ``out`` (every episode in it, whoever played it) may hold at most
+    this many agent steps. Episodes are then played in waves of ``workers``, each cut at an equal
+    share of the steps left, until ``episodes`` episodes are in ``out`` or the cap is reached, so
+    an experience budget (Atari 100k) holds exactly and the last episodes end truncated.
     """
     if episodes < 1 or workers < 1:
         raise UserError("--episodes and --workers must be at least 1")
+    if step_cap is not None and step_cap < 1:
+        raise UserError("--step-cap must be at least 1")
     out = Path(out)
     factory = policy_factory or named_policy_factory(policy)
     _prepare_out(out, env_id, policy, seed)
-    done = {seed_of(path) for path in valid_episode_files(out)}
-    seeds = plan_seeds(done, episodes, seed)
+    lengths = {seed_of(path): len(episode) for path, episode in iter_episodes(out)}
+    done = set(lengths)
+    before = sum(lengths.values())
     start = time.perf_counter()
-    steps, returns = _run_workers(env_id, out, factory, seeds, min(workers, max(len(seeds), 1)), progress,
-                                  backend, ray_address)
+    seeds = plan_seeds(done, episodes, seed)
+    init = functools.partial(_episode_writer if workers_share_disk(backend) else _episode_player, env_id,
+                             str(out), factory)
+    steps, returns = 0, []
+    if seeds and (step_cap is None or step_cap > before):  # nothing to play starts no workers
+        with make_pool(backend, init, min(workers, len(seeds)), ray_address) as pool:
+            if step_cap is None:
+                steps, returns = _play(pool, [(s, None) for s in seeds], out, progress, backend)
+            else:
+                steps, returns = _play_capped(pool, seeds, step_cap - before, out, progress, backend)
     return CollectSummary(
         episodes_new=len(returns),
         episodes_total=len(done) + len(returns),
         steps=steps,
         seconds=time.perf_counter() - start,
         mean_return=float(np.mean(returns)) if returns else float("nan"),
+        steps_total=before + steps,
+        step_cap=step_cap,
     )
 
 
-def _run_workers(env_id, out, factory, seeds, workers, progress, backend="local",
-                 ray_address=None) -> tuple[int, list[float]]:
-    """Play ``seeds`` in a pool of ``backend`` workers. Local workers write their episode files
+def _play_capped(pool, seeds: list[int], steps_left: int, out: Path, progress: bool,
+                 backend: str) -> tuple[int, list[float]]:
+    """Play ``seeds`` in waves of ``pool.size`` whose episodes each get an equal share of
+    ``steps_left``, until the seeds or the steps run out; a wave's unused share goes to the next."""
+    steps, returns, seeds = 0, [], list(seeds)
+    while seeds and steps_left - steps >= 1:
+        wave_size = min(pool.size, len(seeds), steps_left - steps)
+        wave, seeds = seeds[:wave_size], seeds[wave_size:]
+        share = (steps_left - steps) // wave_size
+        wave_steps, wave_returns = _play(pool, [(s, share) for s in wave], out, progress, backend)
+        steps += wave_steps
+        returns += wave_returns
+    return steps, returns
+
+
+def _play(pool, tasks: list[tuple[int, int | None]], out: Path, progress: bool,
+          backend: str) -> tuple[int, list[float]]:
+    """Play ``(seed, step limit)`` tasks on ``pool``. Local workers write their episode files
     themselves; Ray actors send each episode back and the driver writes it (``_episode_player``)."""
-    if not seeds:
+    if not tasks:
         return 0, []
-    bar = _progress_bar(len(seeds), progress)
+    bar = _progress_bar(len(tasks), progress)
     done = {"steps": 0, "episodes": 0}
     local_disk = workers_share_disk(backend)
 
     def advance(index: int, result) -> None:
         if not local_disk:  # written as each arrives: a killed run keeps every episode returned so far
             payload = result.pop()  # and not held until the map ends (10,000 episodes would be GBs)
-            atomic_write_bytes(episode_path(out, seeds[index]), lambda file: file.write(payload))
+            atomic_write_bytes(episode_path(out, tasks[index][0]), lambda file: file.write(payload))
         done["steps"] += result[0]
         done["episodes"] += 1
         bar.update(done["steps"], done["episodes"])
 
-    init = functools.partial(_episode_writer if local_disk else _episode_player, env_id, str(out), factory)
     try:
-        with make_pool(backend, init, workers, ray_address) as pool:
-            results = pool.map(seeds, on_result=advance)
+        results = pool.map(tasks, on_result=advance)
     finally:
         bar.close()
     return sum(result[0] for result in results), [result[1] for result in results]
@@ -204,8 +243,9 @@ def _episode_player(env_id: str, out: str, policy_factory: PolicyFactory):
     limit), against ~12 KB a frame raw."""
     env = make_env(env_id)
 
-    def play(seed: int) -> list:  # a list: the driver pops the bytes off once written
-        episode = run_episode(env, policy_factory(env.action_space, np.random.default_rng(seed)), seed)
+    def play(task: tuple[int, int | None]) -> list:  # a list: the driver pops the bytes off once written
+        seed, max_steps = task
+        episode = run_episode(env, policy_factory(env.action_space, np.random.default_rng(seed)), seed, max_steps)
         return [len(episode), episode.total_reward, encode_episode(episode, str(episode_path(Path(out), seed)))]
 
     return play

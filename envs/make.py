@@ -129,6 +129,13 @@ def make_env(
     return FrameObservation(env, family)
 
 
+def frameskip(env_id: str) -> int:
+    """Emulator frames per agent step (ALE v5: 4; ViZDoom and CarRacing here: 1)."""
+    check_env_id(env_id)
+    frames = gym.spec(env_id).kwargs.get("frameskip", 1)
+    return frames if isinstance(frames, int) else 1  # a (low, high) range is not used here
+
+
 def env_info(env_id: str) -> dict:
     """JSON-able description of an env's preprocessing and action space (for metadata files)."""
     family = family_of(env_id)
@@ -149,6 +156,7 @@ def env_info(env_id: str) -> dict:
             "crop_bottom": family.crop_bottom,
             "resize": "cv2.INTER_LINEAR",
             "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
+            "frameskip": frameskip(env_id),
             "action_space": action,
         }
     finally:
