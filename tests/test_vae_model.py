@@ -222,3 +222,29 @@ def test_the_clipped_loss_ignores_errors_under_the_cutoff_and_leaves_the_plain_l
     torch.manual_seed(1)
     some = vae.loss(x, recon_cutoff=0.1)
     assert 0 < float(some["recon_clipped"]) < float(some["recon"])
+
+
+def test_the_foreground_weight_multiplies_only_the_error_of_pixels_off_the_background():
+    from world_models.vae import background_frame, foreground_mask
+
+    frames = torch.full((9, 3, 64, 64), 0.3)
+    for t in range(9):  # a 2x2 ball moving over a grey screen: the median frame is the screen alone
+        frames[t, :, 30:32, 4 * t : 4 * t + 2] = 1.0
+    background = background_frame(frames)
+    assert torch.equal(background, torch.full((3, 64, 64), 0.3))
+    mask = foreground_mask(frames, background)
+    assert mask.sum(dim=(1, 2)).tolist() == [4.0] * 9  # the ball's 4 pixels, every frame
+    torch.manual_seed(0)
+    vae = ConvVAE(z_dim=8)
+    torch.manual_seed(1)
+    plain = vae.loss(frames)
+    torch.manual_seed(1)
+    off = vae.loss(frames, background=background, foreground_weight=1.0)
+    assert "recon_weighted" not in off and torch.equal(off["loss"], plain["loss"])  # 1: bit-identical
+    torch.manual_seed(1)
+    weighted = vae.loss(frames, background=background, foreground_weight=5.0)
+    torch.manual_seed(1)
+    decoded = vae.decode(vae.posterior(frames).rsample())
+    error = (decoded - frames).pow(2).sum(dim=1)
+    expected = (error.sum(dim=(1, 2)) + 4.0 * (error * mask).sum(dim=(1, 2))).mean()
+    assert torch.allclose(weighted["recon_weighted"], expected) and torch.equal(weighted["recon"], plain["recon"])

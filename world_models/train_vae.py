@@ -27,10 +27,11 @@ from world_models.training import (
     progress_bar,
     report_finished,
 )
-from world_models.vae import ConvVAE, frames_to_tensor, moving_pixel_error
+from world_models.vae import ConvVAE, background_frame, frames_to_tensor, moving_pixel_error
 
 VAE_DIR = "vae"
 MOVING_FRAMES = 512  # frames of one held-out episode for the moving-pixel error, each epoch
+BACKGROUND_FRAMES = 2048  # training frames whose median is the background of --foreground-weight
 
 
 @dataclass
@@ -54,6 +55,9 @@ class VAEConfig:
     recon_cutoff: float = 0.0
     """Train on the clipped per-pixel loss max(0, e - cutoff) (SimPLe), e a pixel's squared error
     summed over channels, so that small objects count; 0: the plain L2 loss."""
+    foreground_weight: float = 1.0
+    """Multiply the loss of the pixels that differ from the dataset's median frame (the objects on a
+    fixed screen: ball, paddles, sprites) by this weight; 1: the plain L2 loss."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for the validation loss."""
     shuffle_episodes: int = 64
@@ -77,6 +81,7 @@ class VAEConfig:
         check_training(self, ("z_dim", "epochs", "batch_size", "shuffle_episodes", "log_every"))
         at_least("kl_tolerance", self.kl_tolerance, 0)
         at_least("recon_cutoff", self.recon_cutoff, 0)
+        at_least("foreground_weight", self.foreground_weight, 1)
 
 
 def vae_dir(run_dir: Path) -> Path:
@@ -115,15 +120,18 @@ def moving_pixels(vae: ConvVAE, frames: torch.Tensor) -> dict:
     return {f"val_{k}": v for k, v in moving_pixel_error(x, decoded).items()}
 
 
-def evaluate_vae(vae: ConvVAE, files: list[Path], config: VAEConfig, device: torch.device) -> dict:
+def evaluate_vae(vae: ConvVAE, files: list[Path], config: VAEConfig, device: torch.device,
+                 background: torch.Tensor | None = None) -> dict:
     """Mean loss terms over held-out episodes."""
     totals, count = {}, 0
     vae.eval()
     with torch.no_grad():
         for batch in FrameStream(files, 256, seed=0, drop_last=False).epoch(0):
             x = frames_to_tensor(torch.from_numpy(batch).to(device))
-            terms = vae.loss(x, config.kl_tolerance, config.recon_cutoff)
-            for key in ("loss", "recon", "kl"):
+            terms = vae.loss(x, config.kl_tolerance, config.recon_cutoff, background, config.foreground_weight)
+            for key in ("loss", "recon", "kl", "recon_weighted"):
+                if key not in terms:
+                    continue
                 totals[key] = totals.get(key, 0.0) + float(terms[key]) * len(batch)
             count += len(batch)
     vae.train()
@@ -149,11 +157,12 @@ def train_vae(config: VAEConfig) -> dict:
     stream = FrameStream(train_files, config.batch_size, seed=config.seed, chunk_episodes=config.shuffle_episodes)
     grid_frames = load_frames(val_files or train_files)[:: 37][:8]
     sequence = load_frames((val_files or train_files)[:1])[:MOVING_FRAMES]  # consecutive held-out frames
+    background = _background(train_files, config, device, logger)
     metrics = {}
     bar = progress_bar("V", config.epochs, state.epoch, config.progress)
     for epoch in range(state.epoch, config.epochs):
-        metrics = _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device)
-        metrics.update(evaluate_vae(vae, val_files, config, device))
+        metrics = _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device, background)
+        metrics.update(evaluate_vae(vae, val_files, config, device, background))
         metrics.update(moving_pixels(vae, sequence))
         logger.log(metrics, state.step)
         logger.image(f"reconstruction_epoch{epoch + 1:03d}", reconstruction_grid(vae, grid_frames), state.step)
@@ -165,13 +174,25 @@ def train_vae(config: VAEConfig) -> dict:
     return metrics
 
 
-def _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device) -> dict:
+def _background(files: list[Path], config: VAEConfig, device: torch.device, logger: RunLogger) -> torch.Tensor | None:
+    """The median frame (3, 64, 64) of up to BACKGROUND_FRAMES training frames spread over the data,
+    for ``foreground_weight`` (None when it is 1); the same files give the same frame on a resume."""
+    if config.foreground_weight == 1.0:
+        return None
+    per_file = max(1, BACKGROUND_FRAMES // len(files))
+    frames = torch.cat([load_frames([path])[:: 7][:per_file] for path in files[:BACKGROUND_FRAMES]])
+    background = background_frame(frames_to_tensor(frames[:BACKGROUND_FRAMES]))
+    logger.image("background", (background.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy(), 0)
+    return background.to(device)
+
+
+def _train_epoch(vae, optimizer, stream, epoch, state, logger, config, device, background=None) -> dict:
     vae.train()
     start, frames_seen, last = time.perf_counter(), 0, {}
     for batch in stream.epoch(epoch):
         x = frames_to_tensor(torch.from_numpy(batch).to(device, non_blocking=True))
         with mixed_precision(config.amp, device):
-            terms = vae.loss(x, config.kl_tolerance, config.recon_cutoff)
+            terms = vae.loss(x, config.kl_tolerance, config.recon_cutoff, background, config.foreground_weight)
         check_finite(terms["loss"], "V", vae_dir(config.run_dir))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
