@@ -27,6 +27,7 @@ from agents.analysis import (
     jitter_dream_length,
     jitter_policy,
     kept_rounds,
+    reward_fit,
     switching_stats,
 )
 from agents.controller import Controller, ControllerSpec
@@ -42,7 +43,7 @@ from world_models.vae import ConvVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "VizdoomTakeCover-v1"
-SCRIPTS = ["action_switching", "constant_actions", "sampled_latents", "temperature_study"]
+SCRIPTS = ["action_switching", "constant_actions", "reward_fit", "sampled_latents", "temperature_study"]
 SEEDS = [3_000_100, 3_000_101]
 
 
@@ -196,3 +197,26 @@ def test_temperature_study_script(tiny_run, tmp_path, one_thread):
                                    out=tmp_path / "tau"))
     assert [row["temperature"] for row in rows] == [1.0] and 1 <= rows[0]["dream_mean"] <= 20
     assert (tmp_path / "tau.png").stat().st_size > 1000 and (tiny_run / "tau_1.0" / "controller").is_dir()
+
+
+def test_reward_fit_known_answers():
+    from world_models.data import LatentEpisodes
+
+    rewards = [torch.tensor([1.0, 0.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 1.0])]
+    episodes = LatentEpisodes.from_parts(
+        {"mu": [torch.zeros(len(r) + 1, 4) for r in rewards],
+         "log_sigma": [torch.zeros(len(r) + 1, 4) for r in rewards],
+         "actions": [torch.zeros(len(r), dtype=torch.int64) for r in rewards], "rewards": rewards,
+         "terminated": [torch.zeros(len(r), dtype=torch.bool) for r in rewards]}, [len(r) for r in rewards])
+    mdnrnn = MDNRNN(z_dim=4, action_dim=2, discrete_actions=True, hidden=8)
+    flat = torch.cat(rewards)
+    with torch.no_grad():
+        mdnrnn.reward_head.weight.zero_()
+        mdnrnn.reward_head.bias.fill_(float(flat.mean()))  # a constant at the mean explains nothing
+    fit = reward_fit(mdnrnn, episodes)
+    assert abs(fit["r2"]) < 1e-6 and fit["variance"] == pytest.approx(float(flat.var(unbiased=False)))
+    mean = float(flat.mean())
+    assert fit["real"] == [0.0, 2.0] and fit["predicted"] == pytest.approx([4 * mean, 3 * mean])
+    with torch.no_grad():
+        mdnrnn.reward_head.bias.zero_()  # a constant 0: worse than the mean by mean^2 / variance
+    assert reward_fit(mdnrnn, episodes)["r2"] == pytest.approx(-mean**2 / float(flat.var(unbiased=False)))
