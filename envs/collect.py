@@ -179,11 +179,15 @@ def collect(
                              str(out), factory)
     steps, returns = 0, []
     if seeds and (step_cap is None or step_cap > before):  # nothing to play starts no workers
-        with make_pool(backend, init, min(workers, len(seeds)), ray_address) as pool:
-            if step_cap is None:
-                steps, returns = _play(pool, [(s, None) for s in seeds], out, progress, backend)
-            else:
-                steps, returns = _play_capped(pool, seeds, step_cap - before, out, progress, backend)
+        bar = _progress_bar(len(seeds), progress)
+        try:
+            with make_pool(backend, init, min(workers, len(seeds)), ray_address) as pool:
+                if step_cap is None:
+                    steps, returns = _play(pool, [(s, None) for s in seeds], out, bar, backend)
+                else:
+                    steps, returns = _play_capped(pool, seeds, step_cap - before, out, bar, backend)
+        finally:
+            bar.close()
     return CollectSummary(
         episodes_new=len(returns),
         episodes_total=len(done) + len(returns),
@@ -195,7 +199,7 @@ def collect(
     )
 
 
-def _play_capped(pool, seeds: list[int], steps_left: int, out: Path, progress: bool,
+def _play_capped(pool, seeds: list[int], steps_left: int, out: Path, bar: _progress_bar,
                  backend: str) -> tuple[int, list[float]]:
     """Play ``seeds`` in waves of ``pool.size`` whose episodes each get an equal share of
     ``steps_left``, until the seeds or the steps run out; a wave's unused share goes to the next."""
@@ -204,34 +208,25 @@ def _play_capped(pool, seeds: list[int], steps_left: int, out: Path, progress: b
         wave_size = min(pool.size, len(seeds), steps_left - steps)
         wave, seeds = seeds[:wave_size], seeds[wave_size:]
         share = (steps_left - steps) // wave_size
-        wave_steps, wave_returns = _play(pool, [(s, share) for s in wave], out, progress, backend)
+        wave_steps, wave_returns = _play(pool, [(s, share) for s in wave], out, bar, backend)
         steps += wave_steps
         returns += wave_returns
     return steps, returns
 
 
-def _play(pool, tasks: list[tuple[int, int | None]], out: Path, progress: bool,
+def _play(pool, tasks: list[tuple[int, int | None]], out: Path, bar: _progress_bar,
           backend: str) -> tuple[int, list[float]]:
     """Play ``(seed, step limit)`` tasks on ``pool``. Local workers write their episode files
     themselves; Ray actors send each episode back and the driver writes it (``_episode_player``)."""
-    if not tasks:
-        return 0, []
-    bar = _progress_bar(len(tasks), progress)
-    done = {"steps": 0, "episodes": 0}
     local_disk = workers_share_disk(backend)
 
     def advance(index: int, result) -> None:
         if not local_disk:  # written as each arrives: a killed run keeps every episode returned so far
             payload = result.pop()  # and not held until the map ends (10,000 episodes would be GBs)
             atomic_write_bytes(episode_path(out, tasks[index][0]), lambda file: file.write(payload))
-        done["steps"] += result[0]
-        done["episodes"] += 1
-        bar.update(done["steps"], done["episodes"])
+        bar.add(result[0])
 
-    try:
-        results = pool.map(tasks, on_result=advance)
-    finally:
-        bar.close()
+    results = pool.map(tasks, on_result=advance)
     return sum(result[0] for result in results), [result[1] for result in results]
 
 
@@ -252,10 +247,12 @@ def _episode_player(env_id: str, out: str, policy_factory: PolicyFactory):
 
 
 class _progress_bar:
-    """Episodes, env steps/s and ETA, with rich; silent when ``enabled`` is false."""
+    """Episodes, env steps/s and ETA, with rich; silent when ``enabled`` is false. ``total`` is the
+    episodes asked for (under a step cap, the most there can be)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.start = time.perf_counter()
+        self.steps = self.episodes = 0
         self.progress = None
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -267,10 +264,13 @@ class _progress_bar:
             self.progress.start()
             self.task = self.progress.add_task("collect", total=total, rate="-")
 
-    def update(self, steps: int, episodes: int) -> None:
+    def add(self, steps: int) -> None:
+        """One more episode of ``steps`` steps."""
+        self.steps += steps
+        self.episodes += 1
         if self.progress:
-            rate = steps / max(time.perf_counter() - self.start, 1e-9)
-            self.progress.update(self.task, completed=episodes, rate=f"{rate:,.0f}")
+            rate = self.steps / max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(self.task, completed=self.episodes, rate=f"{rate:,.0f}")
 
     def close(self) -> None:
         if self.progress:
