@@ -101,11 +101,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 35) -> Path:
 
 
 @torch.no_grad()
-def real_episode_video(run_dir: Path, env_id: str, seed: int, path: Path) -> tuple[Path, float]:
-    """A real episode: the env's frame beside V's reconstruction of it (what the agent saw)."""
+def real_episode_video(run_dir: Path, env_id: str, seed: int, path: Path,
+                       max_steps: int | None = None) -> tuple[Path, float]:
+    """A real episode: the env's frame beside V's reconstruction of it (what the agent saw), cut
+    after ``max_steps`` steps if given (an Atari game may run to 27,000)."""
     agent, _ = load_agent(run_dir)
     env = make_env(env_id)
-    episode = run_episode(env, agent.policy(), seed)
+    episode = run_episode(env, agent.policy(), seed, max_steps)
     env.close()
     decoded = []
     for start in range(0, len(episode.observations), 512):
@@ -200,12 +202,13 @@ def _videos(run_dir: Path, env_id: str, args, dream_config: DreamConfig) -> list
     return [videos["real"], videos["dream"]]
 
 
-def episode_videos(run_dir: Path, env_id: str, seed: int, out: Path, dream_config: DreamConfig | None = None) -> dict:
-    """``out/real_episode.mp4`` (``real_episode_video``) and ``out/dream_episode.mp4``
-    (``dream_episode_video``, in the dream the controller was trained in unless ``dream_config``),
-    both on ``seed``; returns their paths and returns."""
+def episode_videos(run_dir: Path, env_id: str, seed: int, out: Path, dream_config: DreamConfig | None = None,
+                   max_steps: int | None = None) -> dict:
+    """``out/real_episode.mp4`` (``real_episode_video``, at most ``max_steps`` steps) and
+    ``out/dream_episode.mp4`` (``dream_episode_video``, in the dream the controller was trained in
+    unless ``dream_config``), both on ``seed``; returns their paths and returns."""
     agent, info = load_agent(run_dir)
-    real_path, real_return = real_episode_video(run_dir, env_id, seed, out / "real_episode.mp4")
+    real_path, real_return = real_episode_video(run_dir, env_id, seed, out / "real_episode.mp4", max_steps)
     start_mu, start_log_sigma = load_start_latents(run_dir, "cpu")
     dream_path, dream_return = dream_episode_video(
         agent.mdnrnn, agent.vae, start_mu, start_log_sigma, agent.controller,

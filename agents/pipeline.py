@@ -139,7 +139,7 @@ def _run_stages(s: PipelineSettings, run_dir: Path, common: dict) -> dict:
     _select_round(stages, s, run_dir)
     result = _play_real(stages, stage_name("evaluate", s.iterations), s, run_dir, EVAL_SEED, s.eval_episodes,
                         pool=_pool(common))
-    stages.run("videos", lambda: _videos(run_dir, s.env))
+    stages.run("videos", lambda: _videos(run_dir, s.env, s.video_steps or None))
     summary = summarise(run_dir, stages, result, data, s.real_step_budget or None)
     atomic_write_json(run_dir / "summary.json", summary)
     learning_curve(run_dir)
@@ -318,11 +318,11 @@ def _play_real(stages: Stages, name: str, s: PipelineSettings, run_dir: Path, fi
     return stages.run(name, play, lambda r: r.to_dict())
 
 
-def _videos(run_dir: Path, env_id: str) -> dict:
+def _videos(run_dir: Path, env_id: str, max_steps: int | None) -> dict:
     """Stage: ``RUN/videos/real_episode.mp4`` (the env's frames beside V's reconstruction) and
     ``RUN/videos/dream_episode.mp4`` (a dream decoded through V), one episode each on the first
     evaluation seed, with W&B on or off. Paths in the summary are relative to the run directory."""
-    videos = episode_videos(run_dir, env_id, EVAL_SEED, run_dir / VIDEOS_DIR)
+    videos = episode_videos(run_dir, env_id, EVAL_SEED, run_dir / VIDEOS_DIR, max_steps=max_steps)
     return {**videos, **{key: str(Path(videos[key]).relative_to(run_dir)) for key in ("real", "dream")}}
 
 

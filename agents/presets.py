@@ -96,6 +96,9 @@ class PipelineSettings:
     val_episodes: int = 20
     """Real episodes after every round on the validation seeds (500,000+), the scores to choose
     settings and rounds by; 0 skips them."""
+    video_steps: int = 0
+    """The videos stage's real episode is cut after this many steps (0: the whole episode; an Atari
+    game may last 27,000 steps)."""
     workers: int = 2
     """Worker processes for real-env episodes (validation, evaluation, real-env fitness)."""
     iterations: int = 1
@@ -165,7 +168,7 @@ class PipelineSettings:
             at_least(name, getattr(self, name), 1)
         for name in ("vae_episodes", "mdn_patience", "val_episodes", "iteration_episodes", "probe_episodes",
                      "held_action_limit", "extra_probe_episodes", "extra_mdn_epochs", "max_extra_probes",
-                     "round_mdn_epochs", "final_generations", "final_restarts", "done_critics", "seed"):
+                     "round_mdn_epochs", "final_generations", "final_restarts", "done_critics", "seed", "video_steps"):
             at_least(name, getattr(self, name), 0)
         at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
         at_least("vae_recon_cutoff", self.vae_recon_cutoff, 0)
@@ -230,14 +233,14 @@ PRESETS: dict[str, Preset] = {
          "policy": "held", "z_dim": 32, "vae_epochs": 3, "hidden": 256, "seq_len": 100, "mdn_epochs": 20,
          "round_mdn_epochs": 10, "temperature": 1.0, "dream_max_steps": 1000, "generations": 20,
          "first_round_generations": 10, "population": 32, "rollouts": 8, "eval_every": 5, "eval_rollouts": 64,
-         "val_episodes": 0, "select_round": False, "eval_episodes": 100, "exploration": 0.1}),
+         "val_episodes": 0, "select_round": False, "eval_episodes": 100, "video_steps": 3000, "exploration": 0.1}),
     "tiny": Preset(
         "an overlay that shrinks any recipe to a minutes-long smoke run of every stage "
         "(stack it last: --preset doom-take-cover-3000 tiny)",
         {"episodes": 8, "collect_workers": 2, "z_dim": 16, "vae_epochs": 1, "vae_batch": 32, "hidden": 32,
          "seq_len": 50, "mdn_epochs": 2, "mdn_batch": 8, "round_mdn_epochs": 1, "dream_max_steps": 100,
          "generations": 2, "first_round_generations": 2, "population": 8, "rollouts": 2, "eval_every": 1,
-         "eval_rollouts": 8, "eval_episodes": 2, "val_episodes": 1, "workers": 1, "iterations": 1,
+         "eval_rollouts": 8, "eval_episodes": 2, "val_episodes": 1, "video_steps": 100, "workers": 1, "iterations": 1,
          "iteration_episodes": 2, "probe_episodes": 0}),
     "doom-take-cover-tiny": Preset(
         "doom-take-cover tiny: a minutes-long smoke run (tests, a first try on a new machine)",

@@ -16,7 +16,7 @@ from envs.errors import UserError
 DOOM_TAKE_COVER = {
     "env": "VizdoomTakeCover-v1", "episodes": 300, "vae_episodes": 0, "policy": "held", "collect_workers": 2,
     "z_dim": 64, "vae_epochs": 3, "vae_batch": 100, "vae_lr": 0.001, "vae_recon_cutoff": 0.0, "hidden": 256,
-    "vae_foreground_weight": 1.0, "real_step_budget": 0,
+    "vae_foreground_weight": 1.0, "real_step_budget": 0, "video_steps": 0,
     "mixtures": 5, "seq_len": 200,
     "mdn_epochs": 30, "mdn_batch": 32, "mdn_lr": 0.001, "mdn_keep_best": "", "mdn_patience": 10,
     "temperature": 1.15, "done_mode": "threshold", "dream_max_steps": 2100, "generations": 30, "population": 64,
