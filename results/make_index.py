@@ -82,6 +82,7 @@ def run_entry(task: str, folder: Path, run: dict) -> dict:
         "eval_seeds": [seeds[0], seeds[-1]] if seeds else None,
         "minutes": minutes,
         "real_frames": (summary or {}).get("real_frames_used", (summary or {}).get("real_frames_collected")),
+        "real_steps": (summary or {}).get("real_steps_used"),
         "deployed_round": (summary or {}).get("deployed_round"),
         "validation_per_round": (summary or {}).get("validation_score_per_round"),
         "score_file": prefix + run["score"] if run.get("score") else None,
@@ -145,6 +146,11 @@ def task_index(folder: Path) -> tuple[dict, dict | None]:
         "runs": runs,
         "other_files": other_files(task, folder, claimed),
     }
+    if manifest.get("benchmark"):
+        index["benchmark"] = benchmark_entry(manifest["benchmark"], runs, {run["id"]: run for run in manifest["runs"]})
+        for game in index["benchmark"]["games"].values():
+            for run in game["runs"]:
+                by_id[run["id"]]["hns"] = run["hns"]  # the README quotes it beside the score
     headline = None
     if manifest.get("headline"):
         run = by_id[manifest["headline"]]
@@ -156,11 +162,40 @@ def task_index(folder: Path) -> tuple[dict, dict | None]:
     return index, headline
 
 
+def normalised(score: float | None, game: dict) -> float | None:
+    """Human-normalised score (score - random) / (human - random), 3 decimals."""
+    if score is None:
+        return None
+    return round((score - game["random"]) / (game["human"] - game["random"]), 3)
+
+
+def benchmark_entry(benchmark: dict, runs: list[dict], manifest_runs: dict[str, dict]) -> dict:
+    """Per game of a benchmark (Atari 100k): our runs' raw scores, their mean over runs (the level of
+    the recipe), the random and human references, human-normalised scores, the published agents'."""
+    games = {}
+    for name, game in benchmark["games"].items():
+        ours = [run for run in runs if manifest_runs[run["id"]].get("game") == name and run["mean"] is not None]
+        mean = statistics.fmean(run["mean"] for run in ours) if ours else None
+        games[name] = {
+            "env_id": game["env_id"], "random": game["random"], "human": game["human"],
+            "runs": [{"id": run["id"], "seed": run["seed"], "mean": run["mean"], "std": run["std"],
+                      "episodes": run["episodes"], "hns": normalised(run["mean"], game), "minutes": run["minutes"],
+                      "real_steps": run["real_steps"], "command": run["command"],
+                      "score_file": run["score_file"]} for run in ours],
+            "mean_over_runs": None if mean is None else round(mean, 2),
+            "hns": normalised(mean, game),
+            "published": {agent: {"score": score, "hns": normalised(score, game)}
+                          for agent, score in game["published"].items()},
+        }
+    return {"name": benchmark["name"], "what": benchmark["what"], "source": benchmark["source"], "games": games}
+
+
 def markdown(tasks: list[dict]) -> str:
     lines = ["# Results index", "", "Written by `python results/make_index.py` from each task's `runs.json` and the "
              "files it names; do not edit by hand. Scores are mean +- std over real-env episodes.", ""]
     for task in tasks:
-        lines += [f"## {task['task']} (`{task['env_id']}`, solved = {task['solved']})", ""]
+        solved = f", solved = {task['solved']}" if task["solved"] is not None else ""
+        lines += [f"## {task['task']} (`{task['env_id']}`{solved})", ""]
         if task["groups"]:
             lines += ["| group | runs | score over the runs' means (n, sample std) | wall-clock (min) |",
                       "|---|---|---|---|"]
@@ -192,6 +227,9 @@ def build(results: Path = RESULTS) -> dict[Path, str]:
     for folder in sorted(p for p in results.iterdir() if (p / MANIFEST).is_file()):
         index, headline = task_index(folder)
         tasks.append(index)
+        if "benchmark" in index:  # e.g. results/atari100k.json
+            name = index["benchmark"]["name"].replace("-", "")
+            out[results / f"{name}.json"] = json.dumps(index["benchmark"], indent=2) + "\n"
         if headline is not None:
             out[folder / HEADLINE] = json.dumps(headline, indent=2) + "\n"
     out[results / "index.json"] = json.dumps({"tasks": tasks}, indent=2) + "\n"

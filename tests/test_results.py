@@ -18,8 +18,8 @@ README = ROOT / "README.md"
 MAX_README_LINES = 250
 # Pages other engineers are writing; checked like any other link once they exist.
 PENDING = {"docs/experiments.md"}
-NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
-CHECKED_FIELDS = ("mean", "std", "episodes", "n", "minutes", "minutes_min", "minutes_max")
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")  # -25.0 is negative; 69.9-135.5 is a range
+CHECKED_FIELDS = ("mean", "std", "episodes", "n", "minutes", "minutes_min", "minutes_max", "hns")
 
 
 def load_make_index():
@@ -69,12 +69,13 @@ def tables(text: str) -> list[list[list[str]]]:
     return found
 
 
-def results_table(text: str) -> list[list[str]]:
+def results_tables(text: str) -> list[list[list[str]]]:
+    """Every table of the README's Results section (TakeCover's, Atari 100k's)."""
     section = text.split("\n## Results\n", 1)
     assert len(section) == 2, "README.md has no '## Results' section"
     found = tables(section[1].split("\n## ", 1)[0])
     assert found, "README.md's Results section has no table"
-    return found[0]
+    return found
 
 
 def check_row(row: dict[str, str], entries: dict[str, dict], make_index) -> None:
@@ -102,14 +103,14 @@ def test_readme_is_a_manual():
 
 
 def test_readme_results_agree_with_the_files(entries, make_index):
-    rows = results_table(README.read_text())
-    header = [cell.lower() for cell in rows[0]]
-    columns = {name: next(i for i, cell in enumerate(header) if cell.startswith(name))
-               for name in ("id", "score", "wall-clock")}
-    assert len(rows) > 1
-    for cells in rows[1:]:
-        assert len(cells) == len(header), f"results row with {len(cells)} cells, header {len(header)}: {cells}"
-        check_row({name: cells[i] for name, i in columns.items()}, entries, make_index)
+    for rows in results_tables(README.read_text()):
+        header = [cell.lower() for cell in rows[0]]
+        columns = {name: next(i for i, cell in enumerate(header) if cell.startswith(name))
+                   for name in ("id", "score", "wall-clock")}
+        assert len(rows) > 1
+        for cells in rows[1:]:
+            assert len(cells) == len(header), f"results row with {len(cells)} cells, header {len(header)}: {cells}"
+            check_row({name: cells[i] for name, i in columns.items()}, entries, make_index)
 
 
 def test_check_row_catches_a_wrong_figure(entries, make_index):
@@ -166,3 +167,15 @@ def test_markdown_tables_are_rectangular():
         for table in tables(page.read_text()):
             widths = {len(row) for row in table}
             assert len(widths) == 1, f"{page.name}: a table's rows have {sorted(widths)} cells: {table[0]}"
+
+
+def test_atari100k_normalises_every_score_by_the_games_references(make_index):
+    benchmark = json.loads((ROOT / "results" / "atari100k.json").read_text())
+    assert make_index.normalised(12.8, {"random": -20.7, "human": 14.6}) == 0.949  # SimPLe's Pong
+    for name, game in benchmark["games"].items():
+        assert game["human"] > game["random"], name
+        for run in game["runs"]:
+            evaluation = json.loads((ROOT / run["score_file"]).read_text())
+            assert (run["mean"], run["episodes"]) == (evaluation["mean"], 100)  # 100 episodes, from the file
+            assert run["hns"] == round((run["mean"] - game["random"]) / (game["human"] - game["random"]), 3)
+            assert run["real_steps"] <= 100_000
