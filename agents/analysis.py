@@ -20,7 +20,6 @@ import torch
 from agents.evaluate import load_start_latents
 from agents.pipeline import round_dir, stage_name
 from envs.policies import Policy
-from world_models.data import LatentEpisodes
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, held_action_lengths
 from world_models.mdnrnn import MDNRNN
 from world_models.train_mdnrnn import load_mdnrnn
@@ -118,27 +117,3 @@ def held_actions_per_round(run_dir: Path, dreams: int = 64, seed: int = 1,
         rows.append(row)
     return rows
 
-
-@torch.no_grad()
-def reward_fit(mdnrnn: MDNRNN, episodes: LatentEpisodes, max_episodes: int | None = None) -> dict:
-    """How much of the reward M's reward head predicts, teacher-forced on real episodes
-    (``world_models.data.LatentEpisodes``, the latent cache: V's mu and the rewards M learned).
-
-    In a dream that pays M's reward (Atari), a head that explains little of the reward is a
-    near-constant whose small biases CMA-ES can add up over a long dream. Returns the per-step
-    ``r2`` (1 - squared error / the rewards' variance; 0 is a constant at the mean), the rewards'
-    ``variance`` and per-episode ``real`` and ``predicted`` sums."""
-    count = episodes.num_episodes if max_episodes is None else min(max_episodes, episodes.num_episodes)
-    real, predicted, errors, targets = [], [], [], []
-    for e in range(count):
-        episode = episodes.episode(e)
-        out, _ = mdnrnn(episode.mu[None, :-1], episode.actions[None])
-        reward = out.reward[0].float()
-        errors.append((reward - episode.rewards).pow(2))
-        targets.append(episode.rewards)
-        real.append(float(episode.rewards.sum()))
-        predicted.append(float(reward.sum()))
-    targets, errors = torch.cat(targets), torch.cat(errors)
-    variance = float(targets.var(unbiased=False))  # the mse of a constant at the mean
-    return {"r2": 1 - float(errors.mean()) / variance if variance > 0 else float("nan"), "variance": variance,
-            "mse": float(errors.mean()), "episodes": count, "real": real, "predicted": predicted}

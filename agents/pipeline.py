@@ -33,9 +33,11 @@ from agents.train_controller import ControllerConfig, dream_config, train_contro
 from envs.collect import collect
 from envs.episodes import atomic_write_json, iter_episodes, load_metadata
 from envs.errors import CorruptFileError, UserError
+from envs.tasks import task_rules
 from world_models.dream import held_action_lengths
+from world_models.latents import load_latent_cache
 from world_models.runlog import WandbRun, pipeline_wandb, resolve_device, set_pipeline_stage, to_jsonable
-from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, train_mdnrnn
+from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, reward_fit, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
@@ -182,6 +184,8 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     stages.run(stage_name("mdnrnn", k), train_m)
     if s.held_action_limit:
         _close_held_actions(k, s, run_dir, stages, common, collect_to, train_m)
+    if task_rules(s.env).dream_reward == "model":
+        stages.run(stage_name("reward_fit", k), lambda: _reward_fit(k, run_dir))
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
     stages.run(stage_name("controller", k), lambda: _train_controllers(
@@ -220,6 +224,25 @@ def _held_actions(k: int, passes: int, s: PipelineSettings, run_dir: Path, stage
         return {"dream_length_per_action": lengths, "longest": max(lengths)}
 
     return stages.run(stage_name(f"held_actions{passes}", k), measure)
+
+
+# Below this correlation of M's per-episode reward sums with the real ones, the dream's reward is
+# mostly M's noise (Boxing under atari-100k: 0.21, C exploited it; Freeway: 0.99, C learned the game).
+REWARD_FIT_WARNING = 0.5
+
+
+def _reward_fit(k: int, run_dir: Path) -> dict:
+    """Stage, where the dream pays M's reward: how much of it M predicts on the data it learned from
+    (``world_models.train_mdnrnn.reward_fit``); warns when its episode sums barely track the real ones."""
+    mdnrnn, _ = load_mdnrnn(run_dir, "cpu")
+    fit = reward_fit(mdnrnn, load_latent_cache(run_dir))
+    summary = {key: fit[key] for key in ("r2", "variance", "episode_correlation", "episodes")}
+    line = (f"round {k}: M's reward head: r2 {fit['r2']:.3f} per step, its episode sums correlate "
+            f"{fit['episode_correlation']:.2f} with the real ones")
+    if not fit["episode_correlation"] >= REWARD_FIT_WARNING:  # NaN too: nothing to rank by
+        line += "; the dream's reward is mostly M's noise, and C may learn to exploit it"
+    print(line, flush=True)
+    return summary
 
 
 def _extra_probe_passes(stages: Stages) -> int:

@@ -6,7 +6,7 @@ On Atari the dream pays M's reward head (clipped rewards, ``envs/tasks.py``). A 
 little of the reward's variance (``r2`` near 0) is close to a constant, and CMA-ES can add up its
 small biases over a long dream into a high dream score that the real game does not pay. This runs
 the run's M over every episode of its latent cache (V's mu, the rewards M learned) and reports
-``r2``, the rewards' variance and each episode's real and predicted reward sums. Results go to
+``r2``, the rewards' variance, each episode's real and predicted reward sums and their correlation. Results go to
 ``--out`` (JSON).
 """
 
@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 import tyro
 
-from agents.analysis import reward_fit
 from envs.episodes import atomic_write_json
 from world_models.latents import load_latent_cache
-from world_models.train_mdnrnn import load_mdnrnn
+from world_models.train_mdnrnn import load_mdnrnn, reward_fit
 
 
 @dataclass
@@ -42,7 +41,8 @@ def main(args: Args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result)
     print(f"M's reward head explains r2 = {result['r2']:.3f} of the reward's variance {result['variance']:.4f} "
-          f"over {result['episodes']} episodes; wrote {out}")
+          f"per step; its episode sums correlate {result['episode_correlation']:.2f} with the real ones "
+          f"({result['episodes']} episodes); wrote {out}")
     return result
 
 

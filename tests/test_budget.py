@@ -70,6 +70,8 @@ def test_the_atari_100k_preset_runs_end_to_end_within_its_budget(tmp_path, capsy
     assert stages["collect"]["summary"]["steps_total"] == 750  # round 1: half, random
     assert stages["collect_2"]["summary"]["steps_total"] == 1_500  # round 2: the agent's half
     assert "validate" not in stages and summary["real_seeds"] == [1_000_000, 1_000_000]
+    for name in ("reward_fit", "reward_fit_2"):  # the dream pays M's reward: how well M predicts it, each round
+        assert stages[name]["summary"]["episodes"] == (2 if name == "reward_fit" else 4)
     assert summary["real_episodes"] == 1 and stages["evaluate_2"]["summary"]["lengths"][0] > 500  # a whole game
     assert stages["videos"]["summary"]["real_return"] > -21  # the video's episode was cut (video_steps 100)
 

@@ -27,7 +27,6 @@ from agents.analysis import (
     jitter_dream_length,
     jitter_policy,
     kept_rounds,
-    reward_fit,
     switching_stats,
 )
 from agents.controller import Controller, ControllerSpec
@@ -37,7 +36,7 @@ from world_models.checkpoint import module_state, save_checkpoint
 from world_models.dream import DreamConfig, feature_dim
 from world_models.latents import latent_dir
 from world_models.mdnrnn import MDNRNN
-from world_models.train_mdnrnn import load_mdnrnn, mdnrnn_dir
+from world_models.train_mdnrnn import load_mdnrnn, mdnrnn_dir, reward_fit
 from world_models.train_vae import vae_dir
 from world_models.vae import ConvVAE
 
@@ -217,6 +216,7 @@ def test_reward_fit_known_answers():
     assert abs(fit["r2"]) < 1e-6 and fit["variance"] == pytest.approx(float(flat.var(unbiased=False)))
     mean = float(flat.mean())
     assert fit["real"] == [0.0, 2.0] and fit["predicted"] == pytest.approx([4 * mean, 3 * mean])
+    assert fit["episode_correlation"] == pytest.approx(-1.0)  # the longer episode earned less: ranked wrong
     with torch.no_grad():
         mdnrnn.reward_head.bias.zero_()  # a constant 0: worse than the mean by mean^2 / variance
     assert reward_fit(mdnrnn, episodes)["r2"] == pytest.approx(-mean**2 / float(flat.var(unbiased=False)))

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from envs.checks import at_least, positive
@@ -325,3 +326,33 @@ def _train_epoch(model, optimizer, latents, epoch, state, config, device, weight
     metrics = {k: v / max(count, 1) for k, v in totals.items()}
     metrics.update(epoch=epoch + 1, steps_per_s=steps_seen / (time.perf_counter() - start))
     return metrics
+
+
+@torch.no_grad()
+def reward_fit(mdnrnn: MDNRNN, episodes: LatentEpisodes, max_episodes: int | None = None) -> dict:
+    """How much of the reward M's reward head predicts, teacher-forced on real episodes
+    (``LatentEpisodes``, the latent cache: V's mu and the rewards M learned).
+
+    In a dream that pays M's reward (Atari), a head that explains little of the reward is a
+    near-constant whose small biases CMA-ES can add up over a long dream. Returns the per-step
+    ``r2`` (1 - squared error / the rewards' variance; 0 is a constant at the mean), the rewards'
+    ``variance``, per-episode ``real`` and ``predicted`` sums and their ``episode_correlation``
+    (Pearson): a head can miss every step's timing (r2 ~ 0) yet rank whole episodes right, which is
+    what a controller trained on dream returns needs."""
+    count = episodes.num_episodes if max_episodes is None else min(max_episodes, episodes.num_episodes)
+    real, predicted, errors, targets = [], [], [], []
+    for e in range(count):
+        episode = episodes.episode(e)
+        out, _ = mdnrnn(episode.mu[None, :-1], episode.actions[None])
+        reward = out.reward[0].float()
+        errors.append((reward - episode.rewards).pow(2))
+        targets.append(episode.rewards)
+        real.append(float(episode.rewards.sum()))
+        predicted.append(float(reward.sum()))
+    targets, errors = torch.cat(targets), torch.cat(errors)
+    variance = float(targets.var(unbiased=False))  # the mse of a constant at the mean
+    ranked = count > 1 and np.std(real) > 0 and np.std(predicted) > 0  # else the correlation is undefined
+    correlation = float(np.corrcoef(real, predicted)[0, 1]) if ranked else float("nan")
+    return {"r2": 1 - float(errors.mean()) / variance if variance > 0 else float("nan"), "variance": variance,
+            "mse": float(errors.mean()), "episode_correlation": correlation, "episodes": count, "real": real,
+            "predicted": predicted}
