@@ -116,4 +116,3 @@ def held_actions_per_round(run_dir: Path, dreams: int = 64, seed: int = 1,
             row[f"dream_length_{rule}"] = held_action_lengths(mdnrnn, *start_latents, config, dreams, seed)
         rows.append(row)
     return rows
-

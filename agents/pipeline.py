@@ -427,10 +427,7 @@ def summarise(run_dir: Path, stages: Stages, result: dict, data: Path, budget: i
 
 
 def _experience(summary: dict) -> str:
-    steps, frames = summary.get("real_steps_used"), summary["real_frames_used"]
-    if steps is None:  # a summary written before steps were counted
-        return f"{frames:,} frames"
-    budget = summary.get("real_step_budget")
+    steps, frames, budget = summary["real_steps_used"], summary["real_frames_used"], summary["real_step_budget"]
     return (f"{steps:,} agent steps" + (f" of the {budget:,}-step budget" if budget else "")
             + (f" ({frames:,} frames)" if frames != steps else ""))
 

@@ -129,10 +129,9 @@ def make_env(
     return FrameObservation(env, family)
 
 
-def frameskip(env_id: str) -> int:
+def _frameskip(spec: gym.envs.registration.EnvSpec | None) -> int:
     """Emulator frames per agent step (ALE v5: 4; ViZDoom and CarRacing here: 1)."""
-    check_env_id(env_id)
-    frames = gym.spec(env_id).kwargs.get("frameskip", 1)
+    frames = spec.kwargs.get("frameskip", 1) if spec else 1
     return frames if isinstance(frames, int) else 1  # a (low, high) range is not used here
 
 
@@ -156,7 +155,7 @@ def env_info(env_id: str) -> dict:
             "crop_bottom": family.crop_bottom,
             "resize": "cv2.INTER_LINEAR",
             "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
-            "frameskip": frameskip(env_id),
+            "frameskip": _frameskip(env.spec),
             "action_space": action,
         }
     finally:

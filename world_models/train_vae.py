@@ -32,6 +32,7 @@ from world_models.vae import ConvVAE, background_frame, frames_to_tensor, moving
 VAE_DIR = "vae"
 MOVING_FRAMES = 512  # frames of one held-out episode for the moving-pixel error, each epoch
 BACKGROUND_FRAMES = 2048  # training frames whose median is the background of --foreground-weight
+BACKGROUND_FILES = 64  # episodes they come from, spread over the data
 
 
 @dataclass
@@ -179,8 +180,9 @@ def _background(files: list[Path], config: VAEConfig, device: torch.device, logg
     for ``foreground_weight`` (None when it is 1); the same files give the same frame on a resume."""
     if config.foreground_weight == 1.0:
         return None
-    per_file = max(1, BACKGROUND_FRAMES // len(files))
-    frames = torch.cat([load_frames([path])[:: 7][:per_file] for path in files[:BACKGROUND_FRAMES]])
+    chosen = files[:: max(1, len(files) // BACKGROUND_FILES)][:BACKGROUND_FILES]  # each file is decoded whole
+    per_file = max(1, BACKGROUND_FRAMES // len(chosen))
+    frames = torch.cat([load_frames([path])[:: 7][:per_file] for path in chosen])
     background = background_frame(frames_to_tensor(frames[:BACKGROUND_FRAMES]))
     logger.image("background", (background.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy(), 0)
     return background.to(device)
