@@ -3,6 +3,7 @@
     python train.py collect --env VizdoomTakeCover-v1 --episodes 20 --out data/takecover --workers 2
     python train.py vae --data data/takecover --run-dir runs/takecover
     python train.py mdnrnn --run-dir runs/takecover
+    python train.py tdvae --run-dir runs/takecover                               # or a TD-VAE memory
     python train.py controller --run-dir runs/takecover --algo cmaes --where dream
     python train.py pipeline --preset doom-take-cover --run-dir runs/takecover   # all of the above + eval
     python train.py presets                                                      # what the presets set
@@ -26,6 +27,7 @@ from agents.train_controller import ControllerConfig
 from envs.checks import at_least, directory_to_write, existing_directory
 from envs.errors import UserError
 from world_models.train_mdnrnn import MDNRNNConfig
+from world_models.train_tdvae import TDVAEConfig
 from world_models.train_vae import VAEConfig
 
 DEFAULT_PRESET = "doom-take-cover"
@@ -104,6 +106,15 @@ def run_mdnrnn(args: MDNRNNConfig) -> None:
               f"done precision {metrics['val_done_precision']:.2f}")
 
 
+def run_tdvae(args: TDVAEConfig) -> None:
+    from world_models.train_tdvae import train_tdvae
+
+    metrics = train_tdvae(args)
+    if "val_elbo_loss" in metrics:
+        print(f"TD-VAE trained: val ELBO loss {metrics['val_elbo_loss']:.3f}, val done loss "
+              f"{metrics['val_done_loss']:.3f}, done precision {metrics['val_done_precision']:.2f}")
+
+
 def run_controller(args: ControllerConfig) -> None:
     from agents.train_controller import train_controller
 
@@ -114,7 +125,7 @@ def run_controller(args: ControllerConfig) -> None:
 
 @dataclass
 class Export:
-    """Export a trained agent (V, M, C, dream start latents) as a small directory eval.py loads."""
+    """Export a trained agent (V, its memory, C, dream start latents) as a small directory eval.py loads."""
 
     run_dir: Path
     """Trained run directory."""
@@ -136,7 +147,7 @@ def run_export(args: Export) -> None:
 
 @dataclass
 class Pipeline:
-    """Run collect -> V -> [M -> C in the dream -> validation] x rounds -> real evaluation.
+    """Run collect -> V -> [M or TD-VAE -> C in the dream -> validation] x rounds -> real evaluation.
 
     Presets stack left to right over neutral defaults, then any --setting given here; the
     defaults shown are the chosen presets' values. Finished stages are skipped, so running the
@@ -192,6 +203,7 @@ COMMANDS = {
     "collect": (Collect, run_collect),
     "vae": (VAEConfig, run_vae),
     "mdnrnn": (MDNRNNConfig, run_mdnrnn),
+    "tdvae": (TDVAEConfig, run_tdvae),
     "controller": (ControllerConfig, run_controller),
     "pipeline": (Pipeline, run_pipeline_command),
     "presets": (Presets, run_presets),

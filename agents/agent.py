@@ -1,8 +1,10 @@
-"""The acting agent: V + M + C in the real env, one step at a time, M's state carried explicitly.
+"""The acting agent: V + a memory + C in the real env, one step at a time, the memory's state
+carried explicitly (``world_models.memory.Memory``: the MDN-RNN or TD-VAE).
 
-    z_t   = mu(V(frame_t))                      the frame's latent (the mean: no sampling noise)
-    a_t   = C([z_t, h_t])                        h_t summarises (z, a) up to t-1
-    h_t+1 = M.step(z_t, a_t, carry_t)
+    z_t     = mu(V(frame_t))                      the frame's latent (the mean: no sampling noise)
+    state_t = memory.observe(z_t, state_t)        (TD-VAE's belief takes z_t in; M waits for a_t)
+    a_t     = C(memory.features(z_t, state_t))    M: [z_t, h_t], h_t summarising (z, a) up to t-1
+    state_t+1 = memory.step(z_t, a_t, state_t)
 
 ``AgentPolicy`` wraps that as the ``policy(observation) -> action`` callable that ``envs``
 expects, so collection, evaluation and video recording share one rollout loop.
@@ -20,15 +22,12 @@ import torch
 from agents.controller import Controller, ControllerSpec
 from envs.episodes import atomic_write_bytes
 from world_models.checkpoint import load_checkpoint, load_module_state, module_state, save_checkpoint
-from world_models.dream import controller_features
-from world_models.mdnrnn import MDNRNN
-from world_models.train_mdnrnn import load_mdnrnn
+from world_models.memory import Memory, load_memory
 from world_models.train_vae import load_vae
 from world_models.vae import ConvVAE, frames_to_tensor
 
 CONTROLLER_DIR = "controller"
 
-Carry = tuple[torch.Tensor, torch.Tensor]
 Latent = Literal["mean", "sample"]
 
 
@@ -50,16 +49,16 @@ def save_controller(run_dir: Path, controller: Controller, info: dict) -> None:
 @dataclass
 class WorldModelAgent:
     vae: ConvVAE
-    mdnrnn: MDNRNN
+    memory: Memory
     controller: Controller
     include_cell: bool = False
 
     @property
     def device(self) -> torch.device:
-        return next(self.mdnrnn.parameters()).device
+        return next(self.memory.parameters()).device
 
-    def initial_carry(self, batch: int = 1) -> Carry:
-        return self.mdnrnn.initial_carry(batch, self.device)
+    def initial_state(self, batch: int = 1):
+        return self.memory.initial_state(batch, self.device)
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -73,12 +72,17 @@ class WorldModelAgent:
         return self.vae.encode(frames_to_tensor(torch.as_tensor(frames).to(self.device)))
 
     @torch.no_grad()
-    def act(self, frames: np.ndarray | torch.Tensor, carry: Carry) -> tuple[torch.Tensor, Carry]:
-        """Actions for a batch of frames, and M's next state."""
+    def act(self, frames: np.ndarray | torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """Actions for a batch of frames, and the memory's next state."""
         z = self.encode(frames)
-        actions = self.controller.act(controller_features(z, carry, self.include_cell))
-        _, carry = self.mdnrnn.step(z, actions, carry)
-        return actions, carry
+        actions, state = self.act_on_latent(z, state)
+        _, state = self.memory.step(z, actions, state)
+        return actions, state
+
+    def act_on_latent(self, z: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """C's actions for latents z (B, z): the memory takes z in first (``observe``)."""
+        state = self.memory.observe(z, state)
+        return self.controller.act(self.memory.features(z, state, self.include_cell)), state
 
     def policy(self, exploration: float = 0.0, rng: np.random.Generator | None = None,
                latent: Latent = "mean") -> AgentPolicy:
@@ -89,7 +93,7 @@ class AgentPolicy:
     """A single-env ``policy(observation) -> action`` callable over a ``WorldModelAgent``.
 
     ``exploration`` is the probability of a uniform random action instead of C's (iterative
-    training collects with it); M is always stepped with the action actually taken. ``latent``:
+    training collects with it); the memory is always stepped with the action actually taken. ``latent``:
     M and C see z = mu(V(frame)) (``mean``, the package's agent) or z ~ N(mu, sigma) (``sample``,
     as M's training data and the released code's agent), the noise drawn from ``rng``'s stream.
     """
@@ -101,7 +105,7 @@ class AgentPolicy:
         self.agent = agent
         self.exploration = exploration
         self.rng = rng
-        self.carry = agent.initial_carry(1)
+        self.state = agent.initial_state(1)
         # seeded from rng only when sampling, so a mean policy consumes rng exactly as before
         self.generator = None if latent == "mean" else \
             torch.Generator(device=agent.device).manual_seed(int(rng.integers(2**62)))
@@ -110,10 +114,10 @@ class AgentPolicy:
     def __call__(self, observation: np.ndarray):
         agent = self.agent
         z = self._latent(observation[None])
-        action = agent.controller.act(controller_features(z, self.carry, agent.include_cell))
+        action, self.state = agent.act_on_latent(z, self.state)
         if self.exploration and self.rng.random() < self.exploration:
             action = self._random_action(action)
-        _, self.carry = agent.mdnrnn.step(z, action, self.carry)
+        _, self.state = agent.memory.step(z, action, self.state)
         return int(action[0]) if agent.controller.spec.discrete else action[0].cpu().numpy()
 
     def _latent(self, frames: np.ndarray) -> torch.Tensor:
@@ -132,11 +136,16 @@ class AgentPolicy:
 
 
 def load_agent(run_dir: Path, device: str | torch.device = "cpu") -> tuple[WorldModelAgent, dict]:
-    """V, M and the best C of a run, ready to act; plus the controller's info."""
+    """V, the memory C was trained with and the best C of a run, ready to act; plus C's info."""
     vae, _ = load_vae(run_dir, device)
-    mdnrnn, _ = load_mdnrnn(run_dir, device)
     controller, info = load_controller(run_dir, device)
-    return WorldModelAgent(vae, mdnrnn, controller, info.get("include_cell", False)), info
+    memory, _ = load_memory(run_dir, controller_memory(info), device)
+    return WorldModelAgent(vae, memory, controller, info.get("include_cell", False)), info
+
+
+def controller_memory(info: dict) -> str:
+    """The memory kind a controller reads (its info; controllers saved before TD-VAE read M)."""
+    return info.get("memory", "mdnrnn")
 
 
 _AGENTS: dict[str, WorldModelAgent] = {}  # per worker process: load a run's agent once
@@ -155,15 +164,15 @@ def agent_policy_factory(run_dir: str, exploration: float, space, rng: np.random
 
 
 def export_agent(run_dir: Path, out: Path) -> list[Path]:
-    """Copy what ``eval.py`` needs (V, M, C weights and the dream's start latents) into ``out``.
+    """Copy what ``eval.py`` needs (V, memory and C weights, the dream's start latents) into ``out``.
 
     No training state, no dataset: a few MB that load and evaluate right after install.
     """
     from world_models.latents import latent_dir, load_latent_cache
 
     run_dir, out = Path(run_dir), Path(out)
-    load_agent(run_dir)  # a missing, damaged or mismatched part is one line before anything is written
-    written = copy_weights(run_dir, out, ("vae", "mdnrnn", CONTROLLER_DIR))
+    _, info = load_agent(run_dir)  # a missing, damaged or mismatched part is one line before anything is written
+    written = copy_weights(run_dir, out, ("vae", controller_memory(info), CONTROLLER_DIR))
     latents = load_latent_cache(run_dir)
     starts = latents.offsets[:-1]
     save_checkpoint(latent_dir(out), {"mu": latents.mu[starts], "log_sigma": latents.log_sigma[starts]},
@@ -171,7 +180,7 @@ def export_agent(run_dir: Path, out: Path) -> list[Path]:
     return [*written, latent_dir(out) / "start.safetensors"]
 
 
-def copy_weights(source: Path, target: Path, parts: tuple[str, ...] = ("mdnrnn", CONTROLLER_DIR)) -> list[Path]:
+def copy_weights(source: Path, target: Path, parts: tuple[str, ...]) -> list[Path]:
     """Copy the exported weights (``PART/model.safetensors`` + ``.json``) of ``parts`` from one run
     directory to another, each file atomically (a killed copy never leaves half a checkpoint)."""
     written = []

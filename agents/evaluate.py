@@ -118,10 +118,10 @@ def real_episode_video(run_dir: Path, env_id: str, seed: int, path: Path,
 
 
 @torch.no_grad()
-def dream_episode_video(mdnrnn, vae, start_mu, start_log_sigma, controller, config: DreamConfig, seed: int,
+def dream_episode_video(memory, vae, start_mu, start_log_sigma, controller, config: DreamConfig, seed: int,
                         path: Path) -> tuple[Path, float]:
     """A dream episode decoded through V."""
-    dream = DreamVecEnv(mdnrnn, start_mu, start_log_sigma, 1, config, vae=vae, seed=seed)
+    dream = DreamVecEnv(memory, start_mu, start_log_sigma, 1, config, vae=vae, seed=seed)
     features = dream.reset_tensor(seed)
     frames, total, done = [dream.render()[0]], 0.0, False
     while not done:
@@ -157,7 +157,7 @@ def run_evaluation(args, command: str) -> EvalResult:
         device = resolve_device(args.device)
         agent, _ = load_agent(run_dir, device)
         start_mu, start_log_sigma = load_start_latents(run_dir, device)
-        dream = DreamVecEnv(agent.mdnrnn, start_mu, start_log_sigma, args.episodes, dream_config, seed=args.seed)
+        dream = DreamVecEnv(agent.memory, start_mu, start_log_sigma, args.episodes, dream_config, seed=args.seed)
         result = evaluate_dream(dream, agent.controller, args.seed)
     result.extra.update(command=command, env_id=env_id, run_dir=str(run_dir),
                         temperature=dream_config.temperature if args.where == "dream" else None,
@@ -211,7 +211,7 @@ def episode_videos(run_dir: Path, env_id: str, seed: int, out: Path, dream_confi
     real_path, real_return = real_episode_video(run_dir, env_id, seed, out / "real_episode.mp4", max_steps)
     start_mu, start_log_sigma = load_start_latents(run_dir, "cpu")
     dream_path, dream_return = dream_episode_video(
-        agent.mdnrnn, agent.vae, start_mu, start_log_sigma, agent.controller,
+        agent.memory, agent.vae, start_mu, start_log_sigma, agent.controller,
         dream_config or DreamConfig(**info.get("dream", {})), seed, out / "dream_episode.mp4")
     return {"real": str(real_path), "real_return": real_return, "dream": str(dream_path),
             "dream_return": dream_return}

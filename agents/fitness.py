@@ -42,24 +42,24 @@ class DreamFitness:
         return returns.view(size, self.rollouts).mean(dim=1).cpu()
 
 
-def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cell: bool):
-    """Worker set-up for real-env scoring: one env, V and M on CPU; a task is (member, seed) with
-    the generation's parameters (P, n) shared, member p playing ``params[p]`` from ``seed``."""
+def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cell: bool, memory_kind: str):
+    """Worker set-up for real-env scoring: one env, V and the memory on CPU; a task is (member,
+    seed) with the generation's parameters (P, n) shared, member p playing ``params[p]`` from ``seed``."""
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
     from agents.agent import WorldModelAgent
-    from world_models.train_mdnrnn import load_mdnrnn
+    from world_models.memory import load_memory
     from world_models.train_vae import load_vae
 
     env = make_env(env_id)
     vae, _ = load_vae(Path(run_dir))
-    mdnrnn, _ = load_mdnrnn(Path(run_dir))
+    memory, _ = load_memory(Path(run_dir), memory_kind)
     controller = Controller(ControllerSpec.from_dict(spec_dict))
 
     def play(shared_task: tuple[np.ndarray, tuple[int, int]]) -> tuple[float, int]:
         params, (member, seed) = shared_task
         # a copy: Ray hands the shared array over read-only, straight from its object store
         controller.load_vector(torch.from_numpy(np.array(params[member], dtype=np.float32)))
-        agent = WorldModelAgent(vae, mdnrnn, controller, include_cell)
+        agent = WorldModelAgent(vae, memory, controller, include_cell)
         episode = run_episode(env, agent.policy(), seed)
         return episode.total_reward, len(episode)
 
@@ -75,8 +75,10 @@ class RealFitness:
     the seed, so a task a pool retries after losing a worker scores the same."""
 
     def __init__(self, run_dir: Path, env_id: str, spec: ControllerSpec, rollouts: int, workers: int,
-                 include_cell: bool = False, backend: str = "local", ray_address: str | None = None) -> None:
-        init = functools.partial(_real_rollout_worker, str(run_dir), env_id, spec.to_dict(), include_cell)
+                 include_cell: bool = False, backend: str = "local", ray_address: str | None = None,
+                 memory_kind: str = "mdnrnn") -> None:
+        init = functools.partial(_real_rollout_worker, str(run_dir), env_id, spec.to_dict(), include_cell,
+                                 memory_kind)
         self.pool = make_pool(backend, init, workers, ray_address)
         self.rollouts = rollouts
 

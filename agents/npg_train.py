@@ -16,7 +16,6 @@ import torch
 
 from agents.controller import ControllerSpec
 from agents.npg import NPGConfig, StochasticPolicy, ValueFunction, fit_value, gae, npg_update
-from world_models.dream import controller_features
 
 
 @dataclass
@@ -117,7 +116,7 @@ class _CpuView:
 
 
 class RealFeatureEnv:
-    """N real envs seen through V and M: the feature-env interface over the real world.
+    """N real envs seen through V and a memory: the feature-env interface over the real world.
 
     ``envs`` is a Gymnasium vector env with next-step autoreset whose observations are
     (N, 64, 64, 3) uint8 frames: a ``SyncVectorEnv`` (the envs step in this process) or a
@@ -125,11 +124,11 @@ class RealFeatureEnv:
     encoded in one batch per step. ``close()`` closes ``envs``.
     """
 
-    def __init__(self, envs, vae, mdnrnn, include_cell: bool = False) -> None:
+    def __init__(self, envs, vae, memory, include_cell: bool = False) -> None:
         self.envs = envs
-        self.vae, self.mdnrnn, self.include_cell = vae, mdnrnn, include_cell
-        self.device = next(mdnrnn.parameters()).device
-        self.carry = self.z = None
+        self.vae, self.memory, self.include_cell = vae, memory, include_cell
+        self.device = next(memory.parameters()).device
+        self.state = self.z = None
         self.ended = np.zeros(envs.num_envs, dtype=bool)
 
     @torch.no_grad()
@@ -137,21 +136,21 @@ class RealFeatureEnv:
         from world_models.vae import frames_to_tensor
 
         self.z, _ = self.vae.encode(frames_to_tensor(torch.as_tensor(frames, device=self.device)))
-        return controller_features(self.z, self.carry, self.include_cell)
+        self.state = self.memory.observe(self.z, self.state)
+        return self.memory.features(self.z, self.state, self.include_cell)
 
     def reset_tensor(self, seed: int | None = None) -> torch.Tensor:
         frames, _ = self.envs.reset(seed=seed)
-        self.carry = self.mdnrnn.initial_carry(len(frames), self.device)
+        self.state = self.memory.initial_state(len(frames), self.device)
         self.ended[:] = False
         return self._observe(frames)
 
     @torch.no_grad()
     def step_tensor(self, actions: torch.Tensor):
-        _, self.carry = self.mdnrnn.step(self.z, actions.to(self.device), self.carry)
+        _, self.state = self.memory.step(self.z, actions.to(self.device), self.state)
         frames, reward, terminated, truncated, _ = self.envs.step(actions.cpu().numpy())
-        restart = torch.as_tensor(self.ended, device=self.device)
-        h, c = self.carry  # envs that were reset this step start from an empty memory
-        self.carry = (h * ~restart[None, :, None], c * ~restart[None, :, None])
+        # envs that were reset this step start from an empty memory
+        self.state = self.memory.reset(self.state, torch.as_tensor(self.ended, device=self.device))
         self.ended = terminated | truncated
         as_tensor = lambda x: torch.as_tensor(x, device=self.device)  # noqa: E731
         return self._observe(frames), as_tensor(reward), as_tensor(terminated), as_tensor(truncated)

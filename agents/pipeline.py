@@ -1,6 +1,8 @@
 """The whole World Models recipe as one resumable command.
 
-    collect -> V -> [latent cache + M -> C in the dream -> validation] x rounds -> selection -> evaluation
+    collect -> V -> [latent cache + memory -> C in the dream -> validation] x rounds -> selection -> evaluation
+
+The memory is M (the MDN-RNN) or TD-VAE (``--memory``); "M" below stands for either.
 
 Round 1 trains on random rollouts; each later round adds the current agent's own episodes
 (iterative training). With ``probe_episodes`` every round also adds episodes of one random action
@@ -25,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from world_models.train_tdvae import TDVAEConfig, train_tdvae
+
 from agents.agent import CONTROLLER_DIR, agent_policy_factory, copy_weights
 from agents.evaluate import episode_videos, evaluate_real, load_start_latents
 from agents.presets import PipelineSettings
@@ -36,6 +40,7 @@ from envs.errors import CorruptFileError, UserError
 from envs.tasks import task_rules
 from world_models.dream import held_action_lengths
 from world_models.latents import load_latent_cache
+from world_models.memory import load_memory
 from world_models.runlog import WandbRun, pipeline_wandb, resolve_device, set_pipeline_stage, to_jsonable
 from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, reward_fit, train_mdnrnn
 from world_models.train_vae import VAEConfig, train_vae
@@ -172,7 +177,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
                                step_cap=step_cap(s, k), **_pool(common), **policy)
 
     def train_m():  # epochs count from M's first round, so a round continues the last one's M
-        return train_mdnrnn(_mdn_config(s, run_dir, common, _mdn_epochs(s, k, stages)))
+        return train_memory(_memory_config(s, run_dir, common, _mdn_epochs(s, k, stages)))
 
     if k > 1:
         factory = functools.partial(agent_policy_factory, str(run_dir), s.exploration)
@@ -181,10 +186,10 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
     if s.probe_episodes:
         stages.run(stage_name("probe", k), collect_to(_collected(s, k, stages), policy="constant"),
                    dataclasses.asdict)
-    stages.run(stage_name("mdnrnn", k), train_m)
+    stages.run(stage_name(s.memory, k), train_m)
     if s.held_action_limit:
         _close_held_actions(k, s, run_dir, stages, common, collect_to, train_m)
-    if task_rules(s.env).dream_reward == "model":
+    if task_rules(s.env).dream_reward == "model" and s.memory == "mdnrnn":  # a diagnostic of M's reward head
         stages.run(stage_name("reward_fit", k), lambda: _reward_fit(k, run_dir))
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
@@ -193,7 +198,7 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         s.restarts + (s.final_restarts if last else 0), common))
     if s.val_episodes:
         _play_real(stages, stage_name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes, pool=_pool(common),
-                   then=lambda: copy_weights(run_dir, round_dir(run_dir, k)))
+                   then=lambda: copy_weights(run_dir, round_dir(run_dir, k), (s.memory, CONTROLLER_DIR)))
 
 
 def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stages, common: dict, collect_to,
@@ -208,18 +213,18 @@ def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stag
         stages.run(stage_name(f"probe_extra{passes + 1}", k),
                    collect_to(_collected(s, k, stages) + s.extra_probe_episodes, policy="constant"),
                    dataclasses.asdict)
-        stages.run(stage_name(f"mdnrnn_extra{passes + 1}", k), train_m)
+        stages.run(stage_name(f"{s.memory}_extra{passes + 1}", k), train_m)
 
 
 def _held_actions(k: int, passes: int, s: PipelineSettings, run_dir: Path, stages: Stages, common: dict) -> dict:
     """Stage: how long the current M lets each action held throughout live (mean dream steps)."""
     def measure() -> dict:
         device = resolve_device(common["device"])
-        mdnrnn, mdn_config = load_mdnrnn(run_dir, device)
-        if not mdnrnn.discrete_actions:
+        memory, memory_config = load_memory(run_dir, s.memory, device)
+        if not memory.discrete_actions:
             raise UserError("--held-action-limit needs an env with discrete actions; set it to 0")
-        dream = dream_config(_controller_config(s, run_dir, common), mdn_config)  # the dream C will train in
-        lengths = held_action_lengths(mdnrnn, *load_start_latents(run_dir, device), dream, seed=s.seed)
+        dream = dream_config(_controller_config(s, run_dir, common), memory_config)  # the dream C will train in
+        lengths = held_action_lengths(memory, *load_start_latents(run_dir, device), dream, seed=s.seed)
         print(f"round {k}: held actions live {lengths} dream steps (limit {s.held_action_limit:g})", flush=True)
         return {"dream_length_per_action": lengths, "longest": max(lengths)}
 
@@ -264,7 +269,7 @@ def _collected(s: PipelineSettings, k: int, stages: Stages) -> int:
 def _stage_configs(s: PipelineSettings, run_dir: Path, common: dict) -> None:
     """Check the configs every stage will get (device, paths, bounds) before the first stage runs."""
     _vae_config(s, run_dir, common).check()
-    _mdn_config(s, run_dir, common, s.mdn_epochs).check()
+    _memory_config(s, run_dir, common, s.mdn_epochs).check()
     _controller_config(s, run_dir, common, generations=s.generations).check()
 
 
@@ -296,12 +301,33 @@ def _mdn_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -
         late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
 
 
+def _tdvae_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -> TDVAEConfig:
+    """TD-VAE's config, M's settings where they have a TD-VAE meaning (the belief LSTM's units, the
+    sequences, the epochs counted from its first round)."""
+    return TDVAEConfig(
+        run_dir=run_dir, data=run_dir / "data", belief=s.hidden, state_dim=s.tdvae_state_dim, max_jump=s.max_jump,
+        seq_len=s.seq_len, batch_size=s.mdn_batch, epochs=epochs, lr=s.tdvae_lr, late_from_seed=s.seed + s.episodes,
+        late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
+
+
+MEMORY_CONFIGS = {"mdnrnn": _mdn_config, "tdvae": _tdvae_config}
+
+
+def _memory_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -> MDNRNNConfig | TDVAEConfig:
+    return MEMORY_CONFIGS[s.memory](s, run_dir, common, epochs)
+
+
+def train_memory(config: MDNRNNConfig | TDVAEConfig) -> dict:
+    return train_tdvae(config) if isinstance(config, TDVAEConfig) else train_mdnrnn(config)
+
+
 def _controller_config(s: PipelineSettings, run_dir: Path, common: dict, **overrides) -> ControllerConfig:
     """CMA-ES in the dream with the run's settings (the dream's temperature, death rule and length)."""
     return ControllerConfig(
         run_dir=run_dir, algo="cmaes", where="dream", temperature=s.temperature, max_episode_steps=s.dream_max_steps,
         done_mode=s.done_mode, population=s.population, rollouts=s.rollouts, eval_every=s.eval_every,
-        eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, **common, **overrides)
+        eval_rollouts=s.eval_rollouts, include_cell=s.include_cell, memory=s.memory, dream_jump=s.dream_jump,
+        **common, **overrides)
 
 
 def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: int, restarts: int,
@@ -385,12 +411,12 @@ def _seeds(first: int, episodes: int) -> list[int]:
 
 
 def round_dir(run_dir: Path, k: int) -> Path:
-    """Where round k's M and C are kept (``RUN/rounds/K/{mdnrnn,controller}``)."""
+    """Where round k's memory and C are kept (``RUN/rounds/K/{mdnrnn or tdvae,controller}``)."""
     return Path(run_dir) / ROUNDS_DIR / str(k)
 
 
 def _select_round(stages: Stages, s: PipelineSettings, run_dir: Path) -> None:
-    """Deploy (copy into ``RUN/mdnrnn`` and ``RUN/controller``) the round whose agent scored best on
+    """Deploy (copy into ``RUN/<memory>`` and ``RUN/controller``) the round whose agent scored best on
     the validation seeds; the evaluation seeds never enter the choice. Ties go to the later round."""
     if not (s.select_round and s.val_episodes and s.iterations > 1):
         return
@@ -398,7 +424,7 @@ def _select_round(stages: Stages, s: PipelineSettings, run_dir: Path) -> None:
     def select() -> dict:
         scores = [stages.done[stage_name("validate", k)]["summary"]["mean"] for k in range(1, s.iterations + 1)]
         best = max(range(len(scores)), key=lambda i: (scores[i], i)) + 1
-        copy_weights(round_dir(run_dir, best), run_dir)
+        copy_weights(round_dir(run_dir, best), run_dir, (s.memory, CONTROLLER_DIR))
         print(f"deploying round {best} of {s.iterations} (validation means {[round(x, 1) for x in scores]})")
         return {"round": best, "validation_means": scores}
 

@@ -72,6 +72,19 @@ class PipelineSettings:
     val_nll, val_done_loss or val_reward_loss); '' keeps the last epoch."""
     mdn_patience: int = 10
     """With mdn_keep_best: stop a round's M training after this many epochs without a new best."""
+    memory: str = "mdnrnn"
+    """The agent's memory: mdnrnn (M, the MDN-RNN) or tdvae (the TD-VAE belief: hidden sets its belief
+    LSTM, and the mdn_epochs, round_mdn_epochs, mdn_batch, seq_len and late_episode_weight settings
+    train it as they train M)."""
+    tdvae_state_dim: int = 32
+    """Size of TD-VAE's state s (C reads [z, s])."""
+    tdvae_lr: float = 5e-4
+    """TD-VAE's Adam learning rate."""
+    max_jump: int = 4
+    """TD-VAE learns jumps of 1..max_jump steps."""
+    dream_jump: int = 1
+    """Env steps per dream decision, C's action held over them (needs memory tdvae, at most max_jump):
+    a dream that many times cheaper."""
     temperature: float = 1.15
     """Dream sampling temperature tau of M's mixture (paper Doom: 1.15)."""
     done_mode: str = "threshold"
@@ -161,10 +174,11 @@ class PipelineSettings:
         one_of("policy", self.policy, ("random", "held"))
         one_of("done_mode", self.done_mode, ("threshold", "sample"))
         one_of("mdn_keep_best", self.mdn_keep_best, ("", "val_loss", "val_nll", "val_done_loss", "val_reward_loss"))
+        one_of("memory", self.memory, ("mdnrnn", "tdvae"))
         for name in ("episodes", "collect_workers", "z_dim", "vae_epochs", "vae_batch", "hidden", "mixtures",
                      "seq_len", "mdn_epochs", "mdn_batch", "generations", "rollouts", "eval_every", "eval_rollouts",
                      "eval_episodes", "workers", "iterations", "dream_max_steps", "late_episode_weight",
-                     "first_round_generations", "restarts"):
+                     "first_round_generations", "restarts", "tdvae_state_dim", "max_jump", "dream_jump"):
             at_least(name, getattr(self, name), 1)
         for name in ("vae_episodes", "mdn_patience", "val_episodes", "iteration_episodes", "probe_episodes",
                      "held_action_limit", "extra_probe_episodes", "extra_mdn_epochs", "max_extra_probes",
@@ -180,8 +194,9 @@ class PipelineSettings:
         if self.real_step_budget and self.val_episodes:
             raise UserError("--real-step-budget counts every real step the agent learns from, and validation "
                             "episodes choose rounds and restarts: set --val-episodes 0 with a budget")
-        for name in ("temperature", "vae_lr", "mdn_lr"):
+        for name in ("temperature", "vae_lr", "mdn_lr", "tdvae_lr"):
             positive(name, getattr(self, name))
+        self._check_memory()
         in_range("exploration", self.exploration, 0.0, 1.0)
         if self.iterations > 1 and self.iteration_episodes < 1:
             raise UserError("--iteration-episodes must be at least 1 when --iterations > 1")
@@ -191,6 +206,21 @@ class PipelineSettings:
         if needs_validation and self.val_episodes < 1:
             raise UserError(f"{', '.join(needs_validation)} needs --val-episodes > 0 to choose by "
                             "(earlier rounds' Ms are kept after their validation)")
+
+
+    def _check_memory(self) -> None:
+        if self.memory == "tdvae":
+            for flag, on in (("--mdn-keep-best", self.mdn_keep_best), ("--include-cell", self.include_cell)):
+                if on:
+                    raise UserError(f"{flag} is an MDN-RNN setting: TD-VAE keeps its last epoch and gives C [z, s]")
+        if self.dream_jump > 1 and self.memory != "tdvae":
+            raise UserError(f"--dream-jump {self.dream_jump} needs --memory tdvae: an MDN-RNN predicts one "
+                            "step at a time")
+        if self.dream_jump > self.max_jump:
+            raise UserError(f"--dream-jump {self.dream_jump} is longer than the jumps TD-VAE learns "
+                            f"(--max-jump {self.max_jump})")
+        if self.memory == "tdvae" and self.done_critics:
+            raise UserError("--done-critics are earlier rounds' Ms (MDN-RNNs): not a setting for --memory tdvae")
 
 
 @dataclass(frozen=True)
@@ -234,6 +264,10 @@ PRESETS: dict[str, Preset] = {
          "round_mdn_epochs": 10, "temperature": 1.0, "dream_max_steps": 1000, "generations": 20,
          "first_round_generations": 10, "population": 32, "rollouts": 8, "eval_every": 5, "eval_rollouts": 64,
          "val_episodes": 0, "select_round": False, "eval_episodes": 100, "video_steps": 3000, "exploration": 0.1}),
+    "doom-take-cover-tdvae": Preset(
+        "doom-take-cover with the TD-VAE belief in place of M, trained half M's epochs (a TD-VAE epoch costs "
+        "about two of M's: the same compute on the same data)",
+        {"memory": "tdvae", "mdn_epochs": 15, "round_mdn_epochs": 10}, bases=("doom-take-cover",)),
     "tiny": Preset(
         "an overlay that shrinks any recipe to a minutes-long smoke run of every stage "
         "(stack it last: --preset doom-take-cover-3000 tiny)",

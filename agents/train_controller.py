@@ -1,7 +1,8 @@
-"""Train C for a run's V and M: CMA-ES or natural policy gradient, in the dream or the real env.
+"""Train C for a run's V and memory (M or TD-VAE): CMA-ES or natural policy gradient, in the
+dream or the real env.
 
 The dream is the batched ``DreamVecEnv`` (whole population x rollouts in one program); the
-real env runs in worker processes (CMA-ES) or as a vector of envs seen through V and M (NPG).
+real env runs in worker processes (CMA-ES) or as a vector of envs seen through V and the memory (NPG).
 The best controller so far is always saved to ``RUN/controller`` for ``eval.py``.
 """
 
@@ -28,8 +29,9 @@ from envs.errors import UserError
 from envs.make import make_env
 from envs.pool import check_backend, make_vector_env
 from envs.tasks import task_rules
-from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, feature_dim
+from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts
 from world_models.mdnrnn import MDNRNN
+from world_models.memory import Memory, load_memory
 from world_models.runlog import RunLogger, check_wandb_mode, resolve_device
 from world_models.train_mdnrnn import load_mdnrnn
 from world_models.train_vae import load_vae
@@ -41,7 +43,13 @@ class ControllerConfig:
     """Train C with CMA-ES or natural policy gradient, in the dream or the real env."""
 
     run_dir: Path
-    """Run directory with trained V and M."""
+    """Run directory with trained V and memory."""
+    memory: Literal["mdnrnn", "tdvae"] = "mdnrnn"
+    """The memory C reads and dreams in: mdnrnn (M, `train.py mdnrnn`) or tdvae (the TD-VAE belief,
+    `train.py tdvae`; C reads [z, s], s its state estimate)."""
+    dream_jump: int = 1
+    """Env steps per dream decision, C's action held over them: a dream that many times cheaper.
+    > 1 needs --memory tdvae, up to its --max-jump; the dream pays the jump's predicted reward."""
     algo: Literal["cmaes", "npg"] = "cmaes"
     """cmaes: evolution strategy (paper); npg: natural policy gradient with Fisher-vector products."""
     where: Literal["dream", "real"] = "dream"
@@ -88,7 +96,8 @@ class ControllerConfig:
     damping: float = 0.1
     """NPG: damping added to the Fisher-vector products (F + damping * I)."""
     state_dir: str | None = None
-    """Subdirectory of the run for the CMA-ES search state (default cmaes_<where>)."""
+    """Subdirectory of the run for the CMA-ES search state (default cmaes_<where>, plus _tdvae and
+    _jump<K> for those settings: each kind of search resumes its own)."""
     warm_start: bool = False
     """Start CMA-ES from the run's current controller (iterative training)."""
     seed: int = 0
@@ -114,6 +123,8 @@ class ControllerConfig:
         at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
         at_least("hidden", self.hidden, 0)
         at_least("seed", self.seed, 0)
+        at_least("dream_jump", self.dream_jump, 1)
+        self._check_memory()
         for name in ("temperature", "sigma0", "max_kl"):
             positive(name, getattr(self, name))
         at_least("damping", self.damping, 0)
@@ -125,13 +136,30 @@ class ControllerConfig:
             existing_directory("done_critics", directory, "a run or round directory with an M")
         check_backend(self.backend, self.ray_address)
 
+    def _check_memory(self) -> None:
+        if self.dream_jump > 1 and self.memory != "tdvae":
+            raise UserError(f"--dream-jump {self.dream_jump} needs --memory tdvae: an MDN-RNN predicts one "
+                            "step at a time")
+        if self.dream_jump > 1 and self.where != "dream":
+            raise UserError(f"--dream-jump {self.dream_jump} is for --where dream (the real env steps one step "
+                            "at a time)")
+        if self.memory == "tdvae" and (self.include_cell or self.done_critics):
+            raise UserError("--include-cell and --done-critics are MDN-RNN options: TD-VAE gives C [z, s], "
+                            "and a critic is an M")
 
-def controller_spec(mdn_config: dict, config: ControllerConfig) -> ControllerSpec:
-    space = mdn_config["action_space"]
+
+def controller_spec(memory: Memory, memory_config: dict, config: ControllerConfig) -> ControllerSpec:
+    space = memory_config["action_space"]
     bounds = {} if space["type"] == "discrete" else {"action_low": tuple(space["low"]),
                                                      "action_high": tuple(space["high"])}
-    return ControllerSpec(feature_dim(mdn_config["z_dim"], mdn_config["hidden"], config.include_cell),
-                          mdn_config["action_dim"], space["type"] == "discrete", config.hidden, **bounds)
+    return ControllerSpec(memory.feature_dim(config.include_cell), memory.action_dim, memory.discrete_actions,
+                          config.hidden, **bounds)
+
+
+def check_jump(memory: Memory, config: ControllerConfig) -> None:
+    if config.dream_jump > memory.max_jump:
+        raise UserError(f"--dream-jump {config.dream_jump}: {config.run_dir}'s TD-VAE was trained for jumps "
+                        f"up to {memory.max_jump} (train it with --max-jump {config.dream_jump})")
 
 
 def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
@@ -140,7 +168,8 @@ def dream_config(config: ControllerConfig, mdn_config: dict) -> DreamConfig:
     return DreamConfig(temperature=config.temperature, done_mode=config.done_mode,
                        done_threshold=config.done_threshold, done_weight=mdn_config.get("done_weight", 10.0),
                        reward_mode=reward_mode,
-                       max_episode_steps=config.max_episode_steps, include_cell=config.include_cell)
+                       max_episode_steps=config.max_episode_steps, include_cell=config.include_cell,
+                       jump=config.dream_jump)
 
 
 def load_critic(directory: Path, mdn_config: dict, device) -> MDNRNN:
@@ -157,16 +186,17 @@ def train_controller(config: ControllerConfig) -> dict:
     """Train C; returns a summary with the best fitness and where the controller was saved."""
     config.check()
     device = resolve_device(config.device) if config.where == "dream" else torch.device("cpu")
-    mdnrnn, mdn_config = load_mdnrnn(config.run_dir, device)
-    spec = controller_spec(mdn_config, config)
-    dream = dream_config(config, mdn_config)
+    memory, memory_config = load_memory(config.run_dir, config.memory, device)
+    check_jump(memory, config)
+    spec = controller_spec(memory, memory_config, config)
+    dream = dream_config(config, memory_config)
     start_mu, start_log_sigma = load_start_latents(config.run_dir, device)
-    critics = [load_critic(Path(directory), mdn_config, device) for directory in config.done_critics]
+    critics = [load_critic(Path(directory), memory_config, device) for directory in config.done_critics]
 
     def make_dream(num_envs: int, seed: int = config.seed) -> DreamVecEnv:
-        return DreamVecEnv(mdnrnn, start_mu, start_log_sigma, num_envs, dream, seed=seed, critics=critics)
+        return DreamVecEnv(memory, start_mu, start_log_sigma, num_envs, dream, seed=seed, critics=critics)
 
-    info = {"env_id": mdn_config["env_id"], "algo": config.algo, "where": config.where,
+    info = {"env_id": memory_config["env_id"], "memory": config.memory, "algo": config.algo, "where": config.where,
             "include_cell": config.include_cell, "dream": dataclasses.asdict(dream),
             "done_critics": [str(directory) for directory in config.done_critics]}
     logger = RunLogger(config.run_dir, config, f"controller_{config.algo}_{config.where}", config.wandb_mode)
@@ -174,7 +204,7 @@ def train_controller(config: ControllerConfig) -> dict:
         if config.algo == "cmaes":
             summary = _train_cmaes(config, spec, make_dream, info, logger)
         else:
-            summary = _train_npg(config, spec, make_dream, mdnrnn, info, logger)
+            summary = _train_npg(config, spec, make_dream, memory, info, logger)
     finally:
         logger.close()
     return summary
@@ -192,10 +222,10 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
         eval_fitness = DreamFitness(make_dream, spec, config.eval_rollouts)
     else:
         fitness = RealFitness(config.run_dir, info["env_id"], spec, config.rollouts, config.workers,
-                              config.include_cell, config.backend, config.ray_address)
+                              config.include_cell, config.backend, config.ray_address, config.memory)
         eval_fitness = None
     x0 = load_controller(config.run_dir)[0].to_vector() if config.warm_start else None
-    trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or f"cmaes_{config.where}"), x0)
+    trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or _state_dir(config)), x0)
     if trainer.generation >= config.generations:
         print(f"C's CMA-ES in {trainer.run_dir} has finished its {trainer.generation} generations: nothing to do "
               "(ask for more --generations to continue it)")
@@ -217,14 +247,20 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
     return {**result, "fitness": best["fitness"], "generation": best["generation"]}
 
 
-def _train_npg(config, spec, make_dream, mdnrnn, info, logger) -> dict:
+def _state_dir(config: ControllerConfig) -> str:
+    memory = "" if config.memory == "mdnrnn" else f"_{config.memory}"
+    jump = "" if config.dream_jump == 1 else f"_jump{config.dream_jump}"
+    return f"cmaes_{config.where}{memory}{jump}"
+
+
+def _train_npg(config, spec, make_dream, memory, info, logger) -> dict:
     npg = NPGConfig(max_kl=config.max_kl, damping=config.damping)
     if config.where == "dream":
         env = make_dream(config.npg_envs)
     else:
         vae, _ = load_vae(config.run_dir)
         env_fns = [functools.partial(make_env, info["env_id"])] * config.workers  # picklable, for Ray actors
-        env = RealFeatureEnv(make_vector_env(config.backend, env_fns, config.ray_address), vae, mdnrnn,
+        env = RealFeatureEnv(make_vector_env(config.backend, env_fns, config.ray_address), vae, memory,
                              config.include_cell)
     best = {"fitness": -math.inf}
     bar = progress_bar("C (NPG)", config.generations, enabled=config.progress)

@@ -19,7 +19,7 @@ import tyro
 
 from agents.controller import ControllerPopulation, ControllerSpec
 from agents.fitness import population_policy
-from world_models.dream import DreamConfig, DreamVecEnv, feature_dim
+from world_models.dream import DreamConfig, DreamVecEnv
 from world_models.mdnrnn import MDNRNN
 
 
@@ -64,7 +64,7 @@ def step_rate(model, population: ControllerPopulation, rollouts: int, steps: int
 
 def measure(args: Args, hidden: int, z_dim: int) -> dict:
     model = make_model(z_dim, hidden, args.actions)
-    spec = ControllerSpec(feature_dim(z_dim, hidden, False), args.actions, discrete=True)
+    spec = ControllerSpec(model.feature_dim(), args.actions, discrete=True)
     params = 0.1 * torch.randn(args.population, spec.num_params, generator=torch.Generator().manual_seed(0))
     batched = step_rate(model, ControllerPopulation(spec, params), args.rollouts, args.steps, z_dim)
     one_at_a_time_steps, seconds = 0, 0.0

@@ -24,7 +24,6 @@ from dream import make_model, step_rate
 
 from agents.controller import ControllerPopulation, ControllerSpec
 from world_models import mdnrnn
-from world_models.dream import feature_dim
 
 
 @dataclass
@@ -61,7 +60,7 @@ def seconds_per_call(fn, repeats: int) -> float:
 def dream_step_seconds(args: Args) -> float:
     """Seconds per step of ``args.dreams`` dreams, timed by ``benchmarks/dream.py``."""
     model = make_model(args.z_dim, args.hidden, 3)
-    spec = ControllerSpec(feature_dim(args.z_dim, args.hidden, False), 3, discrete=True)
+    spec = ControllerSpec(model.feature_dim(), 3, discrete=True)
     params = 0.1 * torch.randn(args.population, spec.num_params, generator=torch.Generator().manual_seed(0))
     population = ControllerPopulation(spec, params)
     rollouts = max(1, args.dreams // args.population)

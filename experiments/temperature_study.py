@@ -69,7 +69,7 @@ def score_temperature(args: Args, tau: float) -> dict:
                                       max_episode_steps=args.max_episode_steps, eval_every=args.generations,
                                       eval_rollouts=64, progress=False))
     agent, info = load_agent(run)
-    dream = DreamVecEnv(agent.mdnrnn, *load_start_latents(run, "cpu"), args.dream_episodes,
+    dream = DreamVecEnv(agent.memory, *load_start_latents(run, "cpu"), args.dream_episodes,
                         DreamConfig(**info["dream"]), seed=7)
     dream_result = evaluate_dream(dream, agent.controller, seed=7)
     seeds = list(range(args.real_seed, args.real_seed + args.real_episodes))

@@ -82,7 +82,7 @@ def agent_outputs() -> dict[str, torch.Tensor]:
         policy = agent.policy(rng=np.random.default_rng(11), **kwargs)
         episode = run_episode(env, policy, seed=21, max_steps=120)
         out[f"agent_{name}_actions"] = torch.as_tensor(np.asarray(episode.actions))
-        out[f"agent_{name}_carry"] = torch.stack(policy.carry)
+        out[f"agent_{name}_carry"] = torch.stack(policy.state)
     env.close()
     return out
 

@@ -15,6 +15,8 @@ SMALLEST = {
     "collect.py": ["--episodes", 2, "--workers", 1],
     "dream.py": ["--population", 2, "--rollouts", 2, "--steps", 3, "--sequential-rollouts", 1, "--hiddens", 16,
                  "--z-dims", 8],
+    "dream_jump.py": ["--generations", 1, "--population", 4, "--rollouts", 2, "--jumps", 2, "--max-episode-steps", 20,
+                      "--z-dim", 8, "--belief", 16],
     "mdn_sampling.py": ["--dreams", 4, "--population", 2, "--z-dim", 8, "--hidden", 16, "--mixtures", 2,
                         "--repeats", 2],
     "scale.py": ["--episodes", 2, "--workers", 1],

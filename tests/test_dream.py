@@ -8,7 +8,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from world_models.dream import DreamConfig, DreamVecEnv, SingleDreamEnv, dream_rollouts, feature_dim
+from world_models.dream import DreamConfig, DreamVecEnv, SingleDreamEnv, dream_rollouts
 from world_models.mdnrnn import MDNRNN
 from world_models.vae import ConvVAE
 
@@ -45,7 +45,7 @@ def test_continuous_single_dream_passes_env_checker() -> None:
 def test_spaces_and_feature_layout() -> None:
     env = dream(num_envs=5, include_cell=True)
     features, _ = env.reset(seed=0)
-    assert features.shape == (5, feature_dim(Z, HIDDEN, True)) == (5, Z + 2 * HIDDEN)
+    assert features.shape == (5, env.model.feature_dim(True)) == (5, Z + 2 * HIDDEN)
     assert env.single_action_space.n == ACTIONS and env.action_space.shape == (5,)
     np.testing.assert_array_equal(features[:, Z:], 0.0)  # zero carry at reset
 
@@ -173,12 +173,12 @@ def test_compact_keeps_the_state_of_the_dreams_it_keeps() -> None:
     for _ in range(3):
         env.step(np.arange(6) % ACTIONS)
     keep = torch.tensor([True, False, True, True, False, False])
-    z, (h, c), steps = env.z.clone(), (part.clone() for part in env.carry), env.steps.clone()
+    z, (h, c), steps = env.z.clone(), (part.clone() for part in env.state), env.steps.clone()
     env.compact(keep)
     assert env.num_envs == 3
     torch.testing.assert_close(env.z, z[keep])
-    torch.testing.assert_close(env.carry[0], h[:, keep])
-    torch.testing.assert_close(env.carry[1], c[:, keep])
+    torch.testing.assert_close(env.state[0], h[:, keep])
+    torch.testing.assert_close(env.state[1], c[:, keep])
     assert torch.equal(env.steps, steps[keep])
 
 

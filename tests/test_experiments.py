@@ -33,7 +33,7 @@ from agents.controller import Controller, ControllerSpec
 from envs.collect import run_episode
 from envs.make import make_env
 from world_models.checkpoint import module_state, save_checkpoint
-from world_models.dream import DreamConfig, feature_dim
+from world_models.dream import DreamConfig
 from world_models.latents import latent_dir
 from world_models.mdnrnn import MDNRNN
 from world_models.train_mdnrnn import load_mdnrnn, mdnrnn_dir, reward_fit
@@ -54,7 +54,7 @@ def write_tiny_run(run_dir: Path) -> Path:
     save_checkpoint(mdnrnn_dir(run_dir), module_state(MDNRNN(8, 3, True, 16, 2)),
                     {"z_dim": 8, "hidden": 16, "mixtures": 2, "discrete_actions": True, "action_dim": 3,
                      "env_id": ENV, "action_space": space, "done_weight": 10.0})
-    controller = Controller(ControllerSpec(feature_dim(8, 16, False), 3, discrete=True))
+    controller = Controller(ControllerSpec(8 + 16, 3, discrete=True))
     with torch.no_grad():
         for parameter in controller.parameters():
             parameter.normal_()  # C's choice must depend on z, or mean and sampled z act alike

@@ -21,8 +21,9 @@ from envs.episodes import atomic_write_bytes, atomic_write_json
 from envs.errors import ConfigMismatchError, CorruptFileError, UserError
 from envs.version import package_version
 
-# checkpoint directories named after the ``train.py`` subcommand that writes them, in pipeline order
-STAGES = ("vae", "mdnrnn", "controller")
+# checkpoint directories named after the ``train.py`` subcommand that writes them, each with the
+# ones it is trained from, in pipeline order
+STAGES = {"vae": (), "mdnrnn": ("vae",), "tdvae": ("vae",), "controller": ("vae", "mdnrnn")}
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def _train_hint(directory: Path) -> str:
     if directory.name not in STAGES:
         return "the matching `python train.py` subcommand (see `python train.py --help`)"
     run_dir = directory.parent
-    needed = STAGES[: STAGES.index(directory.name) + 1]
+    needed = (*STAGES[directory.name], directory.name)
     stage = next(s for s in needed if s == directory.name or not (run_dir / s / "model.json").exists())
     return f"`python train.py {stage} --run-dir {run_dir}`"
 

@@ -1,14 +1,21 @@
 """The dream: a batched Gymnasium ``VectorEnv`` stepped entirely by the learned models.
 
 Each of the ``num_envs`` dreams starts from the latent of a real frame (sampled from the
-latent cache), steps M with the controller's actions, samples z_{t+1} at temperature tau,
-ends an episode from M's done head (threshold or sampled), and pays the task's reward
-(``survival``: +1 per step, as TakeCover; ``model``: M's reward head). One tensor program
-steps all dreams at once, on the chosen device, with all randomness from its own seeded
-generator.
+latent cache), steps the memory (``world_models.memory.Memory``: the MDN-RNN or TD-VAE) with the
+controller's actions, samples z_{t+1} at temperature tau, ends an episode from the memory's done
+head (threshold or sampled), and pays the task's reward (``survival``: +1 per step, as TakeCover;
+``model``: the memory's reward head). One tensor program steps all dreams at once, on the chosen
+device, with all randomness from its own seeded generator.
 
-The observation a controller sees is the feature vector [z_t, h_t] (optionally also c_t),
-where h_t is M's state after (z_{t-1}, a_{t-1}): the World Models controller input.
+With ``jump`` K > 1 (a memory that predicts K steps ahead: TD-VAE) every decision advances the
+dream K steps with the action held over them: the reward is the memory's prediction of the K
+steps' total (survival: K), done says the episode ends within the K steps, and the episode's
+step count (its truncation) advances by K. A dream then costs one model step per K env steps;
+an episode that ends inside a jump is counted to the jump's end (at most K - 1 steps too many).
+
+The observation a controller sees is the memory's feature vector: [z_t, h_t] (optionally also
+c_t) for the MDN-RNN, where h_t is M's state after (z_{t-1}, a_{t-1}): the World Models controller
+input; [z_t, s_t] for TD-VAE.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from world_models.mdnrnn import MDNRNN
+from world_models.memory import Memory
 
 
 @dataclass
@@ -41,17 +48,8 @@ class DreamConfig:
     max_episode_steps: int = 2100
     include_cell: bool = False
     """Give the controller the LSTM cell c as well as h."""
-
-
-def feature_dim(z_dim: int, hidden: int, include_cell: bool) -> int:
-    return z_dim + hidden * (2 if include_cell else 1)
-
-
-def controller_features(z: torch.Tensor, carry: tuple[torch.Tensor, torch.Tensor], include_cell: bool) -> torch.Tensor:
-    """[z, h] or [z, h, c] for a batch: (B, z) and carry (1, B, H) each -> (B, F)."""
-    h, c = carry
-    parts = [z, h[0], c[0]] if include_cell else [z, h[0]]
-    return torch.cat(parts, dim=-1)
+    jump: int = 1
+    """Env steps per decision (the action held over them); > 1 needs a memory that jumps (TD-VAE)."""
 
 
 class DreamVecEnv(VectorEnv):
@@ -63,20 +61,18 @@ class DreamVecEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"], "render_fps": 35}
 
-    def __init__(self, mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma: torch.Tensor, num_envs: int,
+    def __init__(self, memory: Memory, start_mu: torch.Tensor, start_log_sigma: torch.Tensor, num_envs: int,
                  config: DreamConfig | None = None, vae=None, seed: int | None = None,
-                 render_mode: str | None = None, critics: Sequence[MDNRNN] = ()) -> None:
-        """``critics``: more Ms (same V, same actions) stepped alongside on the dream's own z and
-        actions; a dream dies where the most pessimistic of them and M says so (largest done
-        logit), so a controller cannot live on one M's missed deaths. M alone moves z and feeds C."""
-        self.model = mdnrnn.eval()
+                 render_mode: str | None = None, critics: Sequence[Memory] = ()) -> None:
+        """``critics``: more memories (same V, same actions) stepped alongside on the dream's own z
+        and actions; a dream dies where the most pessimistic of them and the memory says so
+        (largest done logit), so a controller cannot live on one model's missed deaths. The memory
+        alone moves z and feeds C."""
+        self.model = memory.eval()
         self.critics = [critic.eval() for critic in critics]
-        for critic in self.critics:
-            if (critic.z_dim, critic.action_dim, critic.discrete_actions) != \
-                    (mdnrnn.z_dim, mdnrnn.action_dim, mdnrnn.discrete_actions):
-                raise ValueError("a death critic must share M's latent size and action space")
-        self.device = next(mdnrnn.parameters()).device
         self.config = config or DreamConfig()
+        _check_models(memory, self.critics, self.config.jump)
+        self.device = next(memory.parameters()).device
         self.start_mu = start_mu.to(self.device)
         self.start_sigma = start_log_sigma.exp().to(self.device)
         self.num_envs = self.batch_size = num_envs
@@ -84,17 +80,16 @@ class DreamVecEnv(VectorEnv):
         self.render_mode = render_mode
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else seed)
-        mdn = mdnrnn.config
-        self.discrete = mdn["discrete_actions"]
-        self.single_feature_dim = feature_dim(mdn["z_dim"], mdn["hidden"], self.config.include_cell)
+        self.discrete = memory.discrete_actions
+        self.single_feature_dim = memory.feature_dim(self.config.include_cell)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (self.single_feature_dim,), np.float32)
-        self.single_action_space = (gym.spaces.Discrete(mdn["action_dim"]) if self.discrete else
-                                    gym.spaces.Box(-1.0, 1.0, (mdn["action_dim"],), np.float32))
+        self.single_action_space = (gym.spaces.Discrete(memory.action_dim) if self.discrete else
+                                    gym.spaces.Box(-1.0, 1.0, (memory.action_dim,), np.float32))
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self._needs_reset = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
-        self.z = self.carry = self.steps = None
-        self.critic_carries: list = []
+        self.z = self.state = self.steps = None
+        self.critic_states: list = []
 
     # ---- torch-native API -------------------------------------------------------------
     @torch.no_grad()
@@ -105,33 +100,37 @@ class DreamVecEnv(VectorEnv):
         self.num_envs = self.batch_size  # undo any compact()
         self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.z = self._start_latents(self.num_envs)
-        self.carry = self.model.initial_carry(self.num_envs, self.device)
-        self.critic_carries = [critic.initial_carry(self.num_envs, self.device) for critic in self.critics]
+        self.state = self.model.observe(self.z, self.model.initial_state(self.num_envs, self.device))
+        self.critic_states = [critic.observe(self.z, critic.initial_state(self.num_envs, self.device))
+                              for critic in self.critics]
         self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         return self.features()
 
     def features(self) -> torch.Tensor:
-        return controller_features(self.z, self.carry, self.config.include_cell)
+        return self.model.features(self.z, self.state, self.config.include_cell)
 
     @torch.no_grad()
     def step_tensor(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Advance every dream one step: returns features, reward, terminated, truncated (each batched).
+        """Advance every dream one decision (``jump`` steps): returns features, reward, terminated,
+        truncated (each batched).
 
         Dreams that ended on the previous step are reset first (next-step autoreset): their
         action is ignored, their reward is 0 and their new features are the reset ones.
         """
         resetting = self._needs_reset.clone()
-        out, self.carry = self.model.step(self.z, actions, self.carry)
-        done_logit = self._pessimistic_done_logit(out.done_logit, actions)
-        z_next = self.model.sample(out, self.config.temperature, self.generator)
+        jump = self.config.jump
+        imagined = self.model.imagine(self.z, actions, self.state, self.config.temperature, self.generator, jump)
+        self.state = imagined.state
+        done_logit = self._pessimistic_done_logit(imagined.done_logit, actions)
         if self.config.done_mode == "sample":
             p_done = torch.sigmoid(done_logit - math.log(self.config.done_weight))
             terminated = torch.rand(p_done.shape, generator=self.generator, device=self.device) < p_done
         else:
             terminated = torch.sigmoid(done_logit) > self.config.done_threshold
-        reward = torch.ones_like(out.done_logit) if self.config.reward_mode == "survival" else out.reward
-        self.z = z_next
-        self.steps += 1
+        survival = self.config.reward_mode == "survival"
+        reward = torch.full_like(imagined.done_logit, jump) if survival else imagined.reward
+        self.z = imagined.z
+        self.steps += jump
         truncated = (self.steps >= self.config.max_episode_steps) & ~terminated
         if resetting.any():
             self._reset_some(resetting)
@@ -141,17 +140,18 @@ class DreamVecEnv(VectorEnv):
         return self.features(), reward, terminated, truncated
 
     def _pessimistic_done_logit(self, done_logit: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The largest done logit of M and every critic for the step (z_t, a_t) -> (B,)."""
+        """The largest done logit of the memory and every critic for the step (z_t, a_t) -> (B,)."""
         for i, critic in enumerate(self.critics):
-            critic_out, self.critic_carries[i] = critic.step(self.z, actions, self.critic_carries[i])
+            critic_out, self.critic_states[i] = critic.step(self.z, actions, self.critic_states[i])
             done_logit = torch.maximum(done_logit, critic_out.done_logit)
         return done_logit
 
     def compact(self, keep: torch.Tensor) -> None:
         """Drop the dreams where ``keep`` is False (their state is discarded; ``num_envs`` shrinks)."""
         self.z = self.z[keep]
-        self.carry, *self.critic_carries = [tuple(part[:, keep].contiguous() for part in carry)
-                                            for carry in [self.carry, *self.critic_carries]]
+        self.state = self.model.select(self.state, keep)
+        self.critic_states = [critic.select(state, keep) for critic, state in zip(self.critics, self.critic_states,
+                                                                                   strict=True)]
         self.steps = self.steps[keep]
         self._needs_reset = self._needs_reset[keep]
         self.num_envs = int(keep.sum())
@@ -164,9 +164,9 @@ class DreamVecEnv(VectorEnv):
     def _reset_some(self, mask: torch.Tensor) -> None:
         n = int(mask.sum())
         self.z[mask] = self._start_latents(n)
-        for h, c in [self.carry, *self.critic_carries]:
-            h[:, mask] = 0.0
-            c[:, mask] = 0.0
+        self.state = self.model.observe(self.z, self.model.reset(self.state, mask), mask)
+        self.critic_states = [critic.observe(self.z, critic.reset(state, mask), mask)
+                              for critic, state in zip(self.critics, self.critic_states, strict=True)]
         self.steps[mask] = 0
 
     # ---- Gymnasium VectorEnv API -------------------------------------------------------------
@@ -221,7 +221,7 @@ class SingleDreamEnv(gym.Env):
 
 @torch.no_grad()
 def dream_rollouts(dream: DreamVecEnv, act, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Play the first episode of every dream: returns and lengths, each (num_envs,).
+    """Play the first episode of every dream: returns and lengths (env steps), each (num_envs,).
 
     ``act(features (B, F), index (B,)) -> actions`` is the batched policy; ``index`` says which
     of the original dreams each row is. Finished dreams stop counting at once and are dropped
@@ -236,7 +236,7 @@ def dream_rollouts(dream: DreamVecEnv, act, seed: int | None = None) -> tuple[to
     while alive.any():
         features, reward, terminated, truncated = dream.step_tensor(act(features, index))
         returns[index] += torch.where(alive, reward.float(), torch.zeros_like(reward, dtype=torch.float32))
-        lengths[index] += alive.long()
+        lengths[index] += alive.long() * dream.config.jump  # env steps, whole jumps
         alive &= ~(terminated | truncated)
         if int(alive.sum()) <= len(index) // 2:
             dream.compact(alive)
@@ -244,8 +244,20 @@ def dream_rollouts(dream: DreamVecEnv, act, seed: int | None = None) -> tuple[to
     return returns, lengths
 
 
+def _check_models(memory: Memory, critics: Sequence[Memory], jump: int) -> None:
+    if not 1 <= jump <= memory.max_jump:
+        raise ValueError(f"a dream jump of {jump} steps needs a memory that predicts that far ahead "
+                         f"(this {memory.kind} predicts up to {memory.max_jump})")
+    if critics and jump > 1:
+        raise ValueError("death critics step one env step at a time: they cannot follow a jumpy dream")
+    for critic in critics:
+        if (critic.z_dim, critic.action_dim, critic.discrete_actions) != \
+                (memory.z_dim, memory.action_dim, memory.discrete_actions):
+            raise ValueError("a death critic must share the memory's latent size and action space")
+
+
 @torch.no_grad()
-def held_action_lengths(mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma: torch.Tensor,
+def held_action_lengths(memory: Memory, start_mu: torch.Tensor, start_log_sigma: torch.Tensor,
                         config: DreamConfig, dreams: int = 64, seed: int = 1) -> list[float]:
     """Mean dream length of each discrete action held throughout (``dreams`` dreams per action).
 
@@ -253,8 +265,8 @@ def held_action_lengths(mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma:
     so an M under which one lives far longer is an M whose dream rewards that exploit.
     """
     lengths = []
-    for action in range(mdnrnn.action_dim):
-        dream = DreamVecEnv(mdnrnn, start_mu, start_log_sigma, dreams, config, seed=seed)
+    for action in range(memory.action_dim):
+        dream = DreamVecEnv(memory, start_mu, start_log_sigma, dreams, config, seed=seed)
         _, length = dream_rollouts(dream, lambda features, index, a=action: torch.full(
             (len(features),), a, dtype=torch.long, device=features.device), seed=seed)
         lengths.append(round(float(length.float().mean()), 1))

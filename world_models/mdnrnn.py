@@ -7,7 +7,8 @@ For every latent dimension i, with h_t = LSTM([z_t, a_t], carry):
 
 One module serves sequence training (``forward``) and batched single-step use in the dream and
 the agent (``step``), with the same weights; the recurrent state ``carry = (h, c)`` is passed
-explicitly so that many dreams can run side by side.
+explicitly so that many dreams can run side by side. It is a ``world_models.memory.Memory``: the
+controller reads [z_t, h_t] (``features``), and a dream steps it one step at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, Normal
+
+from world_models.memory import Imagined
 
 # log sigma is kept in [-6, 2] by a smooth bound. Unbounded, a near-constant latent dimension
 # drives sigma -> 0 and its NLL to hugely negative values and then NaN: the MDN instability
@@ -41,6 +44,9 @@ class MDNOutput(NamedTuple):
 class MDNRNN(nn.Module):
     """M: (z_t, a_t, carry) -> mixture over z_{t+1}, reward, done; see the module docstring."""
 
+    kind = "mdnrnn"
+    max_jump = 1  # one LSTM step is one env step
+
     def __init__(self, z_dim: int, action_dim: int, discrete_actions: bool, hidden: int = 256,
                  mixtures: int = 5) -> None:
         super().__init__()
@@ -62,6 +68,35 @@ class MDNRNN(nn.Module):
         dtype = self.mdn.weight.dtype
         return (torch.zeros(1, batch, self.hidden, device=device, dtype=dtype),
                 torch.zeros(1, batch, self.hidden, device=device, dtype=dtype))
+
+    # ---- the memory interface (world_models.memory.Memory) ----------------------------------
+    def feature_dim(self, include_cell: bool = False) -> int:
+        return self.z_dim + self.hidden * (2 if include_cell else 1)
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> Carry:
+        return self.initial_carry(batch, device)
+
+    def observe(self, z: torch.Tensor, state: Carry, mask: torch.Tensor | None = None) -> Carry:
+        return state  # the LSTM takes z in with the action, in ``step``
+
+    def features(self, z: torch.Tensor, state: Carry, include_cell: bool = False) -> torch.Tensor:
+        """[z, h] or [z, h, c] for a batch: (B, z) and carry (1, B, H) each -> (B, F)."""
+        h, c = state
+        return torch.cat([z, h[0], c[0]] if include_cell else [z, h[0]], dim=-1)
+
+    def imagine(self, z: torch.Tensor, action: torch.Tensor, state: Carry, temperature: float,
+                generator: torch.Generator | None, jump: int = 1) -> Imagined:
+        if jump != 1:
+            raise ValueError(f"an MDN-RNN dreams one step at a time, not {jump}")
+        out, state = self.step(z, action, state)
+        return Imagined(self.sample(out, temperature, generator), out.reward, out.done_logit, state)
+
+    def reset(self, state: Carry, mask: torch.Tensor) -> Carry:
+        keep = ~mask[None, :, None]
+        return tuple(torch.where(keep, part, torch.zeros_like(part)) for part in state)
+
+    def select(self, state: Carry, keep: torch.Tensor) -> Carry:
+        return tuple(part[:, keep].contiguous() for part in state)
 
     # ---- running the model ----------------------------------------------------------------
     def forward(self, z: torch.Tensor, actions: torch.Tensor, carry: Carry | None = None) -> tuple[MDNOutput, Carry]:

@@ -255,7 +255,8 @@ def train_mdnrnn(config: MDNRNNConfig) -> dict:
                 metrics = best.restore(model, state.epoch)
                 state.epoch = config.epochs  # this call's training is finished
         state.metrics = metrics
-        state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config, {"done_weight": config.done_weight})
+        state.save(mdnrnn_dir(config.run_dir), model, optimizer, model_config,
+                   {"done_weight": config.done_weight, "kind": MDNRNN.kind})
         bar.advance(f"nll {metrics['nll']:.3f} val {metrics['val_nll']:.3f} {metrics['steps_per_s']:.0f} steps/s")
         if state.epoch == config.epochs:
             break

@@ -1,0 +1,101 @@
+"""A jumpy dream against a one-step dream: CMA-ES trains C in a run's TD-VAE dream with
+``--dream-jump 1`` and with each K of ``--jumps``, the same generations and population, in one run.
+
+    python benchmarks/dream_jump.py --run-dir RUN --generations 10
+
+Each training works in a copy of the run's TD-VAE and start latents (the run's own controller is
+never touched) and is timed end to end. Without ``--run-dir`` an untrained TD-VAE of the given
+sizes stands in, its dreams never dying (its figures say what a jump costs, not what it learns).
+Every row reports the wall-clock and the best dream score; the final line is JSON with each K's
+speed-up over K = 1 (``ratio``: the smallest of them, to set beside K / 2).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+
+from agents.train_controller import ControllerConfig, train_controller
+from world_models.checkpoint import module_state, save_checkpoint
+from world_models.latents import LATENT_DIR, latent_dir
+from world_models.tdvae import TDVAE
+from world_models.train_tdvae import TDVAE_DIR, tdvae_dir
+
+
+@dataclass
+class Args:
+    run_dir: Path | None = None
+    """A run with a trained TD-VAE (`train.py tdvae` or a pipeline with --memory tdvae); none: an
+    untrained one of the sizes below."""
+    jumps: list[int] = field(default_factory=lambda: [2, 4])
+    """Dream jumps K to compare with K = 1 (each at most the TD-VAE's --max-jump)."""
+    generations: int = 10
+    """CMA-ES generations per training."""
+    population: int = 64
+    """CMA-ES candidates per generation."""
+    rollouts: int = 16
+    """Dreams per candidate."""
+    temperature: float = 1.15
+    """Dream temperature."""
+    max_episode_steps: int = 2100
+    """Dream episodes are cut here."""
+    seed: int = 0
+    """CMA-ES's seed (the same for every K)."""
+    z_dim: int = 64
+    """Without --run-dir: the latent size."""
+    belief: int = 256
+    """Without --run-dir: the belief LSTM's units (and the MLPs')."""
+
+
+def train_once(args: Args, jump: int, workdir: Path) -> dict:
+    config = ControllerConfig(run_dir=workdir, memory="tdvae", dream_jump=jump, generations=args.generations,
+                              population=args.population, rollouts=args.rollouts, eval_every=args.generations,
+                              eval_rollouts=256, temperature=args.temperature, seed=args.seed,
+                              max_episode_steps=args.max_episode_steps,
+                              state_dir=f"cmaes_jump{jump}", device="cpu", progress=False)
+    start = time.perf_counter()
+    summary = train_controller(config)
+    seconds = time.perf_counter() - start
+    return {"jump": jump, "seconds": round(seconds, 1), "best_dream_score": round(summary["fitness"], 1)}
+
+
+def untrained_run(args: Args, workdir: Path) -> None:
+    """A TakeCover-shaped TD-VAE (3 actions, jumps up to the largest K) and 100 start latents."""
+    torch.manual_seed(0)
+    model = TDVAE(args.z_dim, 3, True, args.belief, hidden=args.belief, max_jump=max(args.jumps))
+    with torch.no_grad():
+        model.head_net[-1].bias[1] = -30.0  # the done logit: every dream runs to --max-episode-steps
+    space = {"type": "discrete", "n": 3}
+    save_checkpoint(tdvae_dir(workdir), module_state(model), {"kind": TDVAE.kind, **model.config,
+                                                            "env_id": "VizdoomTakeCover-v1", "action_space": space})
+    starts = torch.randn(100, args.z_dim)
+    save_checkpoint(latent_dir(workdir), {"mu": starts, "log_sigma": torch.full_like(starts, -2.0)},
+                    {"kind": "dream start latents"}, name="start")
+
+
+def main(args: Args) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        if args.run_dir is None:
+            untrained_run(args, workdir)
+        for part in () if args.run_dir is None else (TDVAE_DIR, LATENT_DIR):
+            shutil.copytree(Path(args.run_dir) / part, workdir / part)
+        rows = [train_once(args, jump, workdir) for jump in [1, *args.jumps]]
+    for row in rows:
+        row["speedup"] = round(rows[0]["seconds"] / row["seconds"], 2)
+        print(row)
+    result = {"generations": args.generations, "population": args.population, "rollouts": args.rollouts,
+              "results": rows, "ratio": min(row["speedup"] for row in rows[1:])}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__))
