@@ -21,8 +21,7 @@ from agents.evaluate import load_start_latents
 from agents.pipeline import round_dir, stage_name
 from envs.policies import Policy
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts, held_action_lengths
-from world_models.mdnrnn import MDNRNN
-from world_models.train_mdnrnn import load_mdnrnn
+from world_models.memory import MEMORY_KINDS, Memory, load_memory
 
 JITTER_ACTIONS = (1, 2)  # TakeCover: move left, move right
 
@@ -63,11 +62,11 @@ def jitter_policy(period: int, space: gym.Space, rng: np.random.Generator,
 
 
 @torch.no_grad()
-def jitter_dream_length(mdnrnn: MDNRNN, start_mu: torch.Tensor, start_log_sigma: torch.Tensor,
+def jitter_dream_length(memory: Memory, start_mu: torch.Tensor, start_log_sigma: torch.Tensor,
                         config: DreamConfig, period: int, dreams: int = 64, seed: int = 1,
                         actions: tuple[int, int] = JITTER_ACTIONS) -> float:
     """Mean dream length of ``jitter_policy(period)``: the dream side of the real episodes' length."""
-    dream = DreamVecEnv(mdnrnn, start_mu, start_log_sigma, dreams, config, seed=seed)
+    dream = DreamVecEnv(memory, start_mu, start_log_sigma, dreams, config, seed=seed)
     step = [0]  # every dream starts together and only its first episode counts: one clock for all
 
     def act(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -86,12 +85,17 @@ def dream_config_of(directory: Path) -> DreamConfig:
 
 
 def kept_rounds(run_dir: Path) -> list[int]:
-    """The pipeline rounds whose M is kept in ``RUN/rounds/K/mdnrnn``, in order (1, 2, ...)."""
+    """The pipeline rounds whose memory is kept in ``RUN/rounds/K/<mdnrnn or tdvae>``, in order."""
     rounds, k = [], 1
-    while (round_dir(run_dir, k) / "mdnrnn").is_dir():
+    while round_memory(round_dir(run_dir, k)):
         rounds.append(k)
         k += 1
     return rounds
+
+
+def round_memory(directory: Path) -> str | None:
+    """The kind of memory kept in a round directory (None: none)."""
+    return next((kind for kind in MEMORY_KINDS if (Path(directory) / kind).is_dir()), None)
 
 
 def held_actions_per_round(run_dir: Path, dreams: int = 64, seed: int = 1,
@@ -106,13 +110,13 @@ def held_actions_per_round(run_dir: Path, dreams: int = 64, seed: int = 1,
     rows = []
     for k in kept_rounds(run_dir):
         directory = round_dir(run_dir, k)
-        mdnrnn, mdn_config = load_mdnrnn(directory, "cpu")
+        memory, memory_config = load_memory(directory, round_memory(directory), "cpu")
         config = dream_config_of(directory if (directory / "controller").is_dir() else run_dir)
-        config.done_weight = mdn_config.get("done_weight", config.done_weight)
+        config.done_weight = memory_config.get("done_weight", config.done_weight)
         row = {"round": k, "temperature": config.temperature,
                "validation_mean": stages.get(stage_name("validate", k), {}).get("summary", {}).get("mean")}
         for rule in rules:
             config.done_mode = rule
-            row[f"dream_length_{rule}"] = held_action_lengths(mdnrnn, *start_latents, config, dreams, seed)
+            row[f"dream_length_{rule}"] = held_action_lengths(memory, *start_latents, config, dreams, seed)
         rows.append(row)
     return rows

@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-from world_models.train_tdvae import TDVAEConfig, train_tdvae
-
 from agents.agent import CONTROLLER_DIR, agent_policy_factory, copy_weights
 from agents.evaluate import episode_videos, evaluate_real, load_start_latents
 from agents.presets import PipelineSettings
@@ -43,6 +41,7 @@ from world_models.latents import load_latent_cache
 from world_models.memory import load_memory
 from world_models.runlog import WandbRun, pipeline_wandb, resolve_device, set_pipeline_stage, to_jsonable
 from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, reward_fit, train_mdnrnn
+from world_models.train_tdvae import TDVAEConfig, train_tdvae
 from world_models.train_vae import VAEConfig, train_vae
 
 STAGES_FILE = "stages.json"
@@ -306,8 +305,8 @@ def _tdvae_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int)
     sequences, the epochs counted from its first round)."""
     return TDVAEConfig(
         run_dir=run_dir, data=run_dir / "data", belief=s.hidden, state_dim=s.tdvae_state_dim, max_jump=s.max_jump,
-        seq_len=s.seq_len, batch_size=s.mdn_batch, epochs=epochs, lr=s.tdvae_lr, late_from_seed=s.seed + s.episodes,
-        late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
+        seq_len=s.seq_len, batch_size=s.mdn_batch, epochs=epochs, lr=s.tdvae_lr, rollout=s.tdvae_rollout,
+        late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
 
 
 MEMORY_CONFIGS = {"mdnrnn": _mdn_config, "tdvae": _tdvae_config}

@@ -80,6 +80,8 @@ class PipelineSettings:
     """Size of TD-VAE's state s (C reads [z, s])."""
     tdvae_lr: float = 5e-4
     """TD-VAE's Adam learning rate."""
+    tdvae_rollout: int = 8
+    """TD-VAE: links of the open-loop p_T chains trained beside the ELBO (`train.py tdvae --rollout`)."""
     max_jump: int = 4
     """TD-VAE learns jumps of 1..max_jump steps."""
     dream_jump: int = 1
@@ -182,7 +184,8 @@ class PipelineSettings:
             at_least(name, getattr(self, name), 1)
         for name in ("vae_episodes", "mdn_patience", "val_episodes", "iteration_episodes", "probe_episodes",
                      "held_action_limit", "extra_probe_episodes", "extra_mdn_epochs", "max_extra_probes",
-                     "round_mdn_epochs", "final_generations", "final_restarts", "done_critics", "seed", "video_steps"):
+                     "round_mdn_epochs", "final_generations", "final_restarts", "done_critics", "seed", "video_steps",
+                     "tdvae_rollout"):
             at_least(name, getattr(self, name), 0)
         at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
         at_least("vae_recon_cutoff", self.vae_recon_cutoff, 0)

@@ -3,8 +3,9 @@
 
     python benchmarks/dream_jump.py --run-dir RUN --generations 10
 
-Each training works in a copy of the run's TD-VAE and start latents (the run's own controller is
-never touched) and is timed end to end. Without ``--run-dir`` an untrained TD-VAE of the given
+Each K trains in its own copy of the run's V, TD-VAE and latents (the run's own controller is
+never touched), kept in ``--out`` when given so that ``eval.py --run-dir OUT/jumpK`` can play each
+K's controller in the real game, and is timed end to end. Without ``--run-dir`` an untrained TD-VAE of the given
 sizes stands in, its dreams never dying (its figures say what a jump costs, not what it learns).
 Every row reports the wall-clock and the best dream score; the final line is JSON with each K's
 speed-up over K = 1 (``ratio``: the smallest of them, to set beside K / 2).
@@ -38,6 +39,10 @@ class Args:
     """Dream jumps K to compare with K = 1 (each at most the TD-VAE's --max-jump)."""
     generations: int = 10
     """CMA-ES generations per training."""
+    eval_every: int = 10
+    """Re-evaluate the best member every this many generations (and at the end)."""
+    eval_rollouts: int = 256
+    """Dreams of that re-evaluation."""
     population: int = 64
     """CMA-ES candidates per generation."""
     rollouts: int = 16
@@ -48,6 +53,8 @@ class Args:
     """Dream episodes are cut here."""
     seed: int = 0
     """CMA-ES's seed (the same for every K)."""
+    out: Path | None = None
+    """Keep each K's run copy (with its controller) in OUT/jump<K>; none: a temporary directory."""
     z_dim: int = 64
     """Without --run-dir: the latent size."""
     belief: int = 256
@@ -56,14 +63,22 @@ class Args:
 
 def train_once(args: Args, jump: int, workdir: Path) -> dict:
     config = ControllerConfig(run_dir=workdir, memory="tdvae", dream_jump=jump, generations=args.generations,
-                              population=args.population, rollouts=args.rollouts, eval_every=args.generations,
-                              eval_rollouts=256, temperature=args.temperature, seed=args.seed,
-                              max_episode_steps=args.max_episode_steps,
-                              state_dir=f"cmaes_jump{jump}", device="cpu", progress=False)
+                              population=args.population, rollouts=args.rollouts, eval_every=args.eval_every,
+                              eval_rollouts=args.eval_rollouts, temperature=args.temperature, seed=args.seed,
+                              max_episode_steps=args.max_episode_steps, device="cpu", progress=False)
     start = time.perf_counter()
     summary = train_controller(config)
     seconds = time.perf_counter() - start
     return {"jump": jump, "seconds": round(seconds, 1), "best_dream_score": round(summary["fitness"], 1)}
+
+
+def copy_run(args: Args, workdir: Path) -> None:
+    if args.run_dir is None:
+        untrained_run(args, workdir)
+        return
+    for part in (TDVAE_DIR, LATENT_DIR, "vae"):
+        if (Path(args.run_dir) / part).is_dir() and not (workdir / part).exists():
+            shutil.copytree(Path(args.run_dir) / part, workdir / part)
 
 
 def untrained_run(args: Args, workdir: Path) -> None:
@@ -82,12 +97,11 @@ def untrained_run(args: Args, workdir: Path) -> None:
 
 def main(args: Args) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
-        workdir = Path(scratch)
-        if args.run_dir is None:
-            untrained_run(args, workdir)
-        for part in () if args.run_dir is None else (TDVAE_DIR, LATENT_DIR):
-            shutil.copytree(Path(args.run_dir) / part, workdir / part)
-        rows = [train_once(args, jump, workdir) for jump in [1, *args.jumps]]
+        rows = []
+        for jump in [1, *args.jumps]:
+            workdir = Path(args.out or scratch) / f"jump{jump}"
+            copy_run(args, workdir)
+            rows.append(train_once(args, jump, workdir))
     for row in rows:
         row["speedup"] = round(rows[0]["seconds"] / row["seconds"], 2)
         print(row)

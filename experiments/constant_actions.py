@@ -1,4 +1,4 @@
-"""How long M believes one action held throughout survives, round by round of a pipeline run.
+"""How long the memory (M or TD-VAE) believes one action held throughout survives, round by round.
 
     python experiments/constant_actions.py --run-dirs runs/tc-v6 runs/tc-v8
 
@@ -26,7 +26,7 @@ from envs.episodes import atomic_write_json
 @dataclass
 class Args:
     run_dirs: list[Path]
-    """Pipeline runs with ``rounds/K/mdnrnn`` (one M per round)."""
+    """Pipeline runs with ``rounds/K/mdnrnn`` or ``rounds/K/tdvae`` (one memory per round)."""
     dreams: int = 64
     """Dreams per action and death rule."""
     seed: int = 1

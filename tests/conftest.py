@@ -5,6 +5,10 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# The suite's tensors are tiny and its processes share 2 cores: one intra-op thread is several
+# times faster than two fighting each other (a death-critic dream test: 3.6 s against 37 s beside
+# another job). Subprocesses the tests start keep torch's default.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -12,8 +12,18 @@ def test_mdnrnn_dream_agent_and_feature_env_are_bit_identical_to_before_the_seam
     before = load_file(str(REFERENCE))
     now = all_outputs()
     assert sorted(now) == sorted(before)
-    different = [key for key in before if not torch.equal(now[key], before[key])]
+    # The recording machine's float kernels are not every CPU's: torch's batch-1 LSTM step (the
+    # acting agent, NPG's real feature env) rounds differently on another CPU, by ~3e-8 (the code
+    # of fc6801d, before the seam, gives the very same values as this code on such a machine).
+    # Integer outputs (actions, episode ends) must match bit for bit, floats to 1e-6.
+    different = [key for key in before if not _same(now[key], before[key])]
     assert not different, different
+
+
+def _same(now: torch.Tensor, before: torch.Tensor) -> bool:
+    if torch.equal(now, before):
+        return True
+    return before.is_floating_point() and now.shape == before.shape and bool((now - before).abs().max() <= 1e-6)
 
 
 def _tdvae_dream(jump: int, reward_mode: str, max_steps: int = 9):

@@ -3,9 +3,6 @@
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,24 +10,6 @@ from tests.conftest import TINY_CONTROLLER  # the session's tiny_run fixture is 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # processes; the shared pipeline takes minutes
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def test_training_writes_the_run_directory(tiny_run):
@@ -43,10 +22,13 @@ def test_training_writes_the_run_directory(tiny_run):
     assert {"vae", "mdnrnn", "controller_cmaes_dream"} <= stages
 
 
-def test_eval_real_writes_every_episode(tiny_run, tmp_path):
+def test_eval_real_writes_every_episode(tiny_run, tmp_path, capsys):
+    import eval as eval_cli
+
     out = tmp_path / "eval.json"
-    result = ok(run("eval.py", "--run-dir", tiny_run, "--episodes", 3, "--workers", 2, "--seed", 77,
-                    "--json", out))
+    assert eval_cli.main(["--run-dir", str(tiny_run), "--episodes", "3", "--workers", "2", "--seed", "77",
+                          "--json", str(out)]) == 0  # in-process: no start-up (test_cli.py runs the scripts)
+    stdout = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["env_id"] == "VizdoomTakeCover-v1" and data["where"] == "real"
     assert data["seeds"] == [77, 78, 79] and len(data["returns"]) == len(data["lengths"]) == 3
@@ -54,18 +36,20 @@ def test_eval_real_writes_every_episode(tiny_run, tmp_path):
     # TakeCover pays +1 per step survived: a return is the episode's length
     assert data["returns"] == [float(n) for n in data["lengths"]]
     assert "eval.py" in data["command"] and "--episodes 3" in data["command"]
-    assert f"{data['mean']:.1f} +- {data['std']:.1f}" in result.stdout
+    assert f"{data['mean']:.1f} +- {data['std']:.1f}" in stdout
 
 
-def test_eval_dream_and_videos(tiny_run, tmp_path):
-    result = ok(run("eval.py", "--run-dir", tiny_run, "--episodes", 8, "--where", "dream",
-                    "--video", tmp_path / "videos", "--json", tmp_path / "dream.json"))
+def test_eval_dream_and_videos(tiny_run, tmp_path, capsys):
+    import eval as eval_cli
+
+    assert eval_cli.main(["--run-dir", str(tiny_run), "--episodes", "8", "--where", "dream",
+                          "--video", str(tmp_path / "videos"), "--json", str(tmp_path / "dream.json")]) == 0
     data = json.loads((tmp_path / "dream.json").read_text())
     assert data["where"] == "dream" and len(data["returns"]) == 8
     assert all(0 < n <= 50 for n in data["lengths"])  # the controller's dream limit applies
     for name in ["real_episode.mp4", "dream_episode.mp4"]:
         assert (tmp_path / "videos" / name).stat().st_size > 1000
-    assert "dream score" in result.stdout
+    assert "dream score" in capsys.readouterr().out
 
 
 def test_exported_agent_evaluates(tiny_run, tmp_path, capsys):
@@ -84,12 +68,14 @@ def test_exported_agent_evaluates(tiny_run, tmp_path, capsys):
     assert "dream score" in capsys.readouterr().out
 
 
-def test_npg_in_the_dream(tiny_run, tmp_path):
+def test_npg_in_the_dream(tiny_run, tmp_path, capsys):
+    import train
+
     run_dir = tmp_path / "run"  # a copy: NPG's controller must not replace the shared run's
     shutil.copytree(tiny_run, run_dir)
-    result = ok(run("train.py", "controller", "--run-dir", run_dir, "--algo", "npg", "--npg-envs", 8,
-                    "--npg-horizon", 16, *TINY_CONTROLLER))
-    assert "C trained (npg, dream)" in result.stdout
+    assert train.main(["controller", "--run-dir", str(run_dir), "--algo", "npg", "--npg-envs", "8",
+                       "--npg-horizon", "16", *TINY_CONTROLLER]) == 0
+    assert "C trained (npg, dream)" in capsys.readouterr().out
 
 
 STAGES = ["collect", "vae", "collect_rest", "probe", "mdnrnn", "held_actions0", "probe_extra1", "mdnrnn_extra1",

@@ -325,6 +325,56 @@ def train(run_dir, epochs: int) -> dict:
                                    epochs=epochs, device="cpu", progress=False))
 
 
+def reference_rollout(model: TDVAE, batch: SequenceBatch, seed: int, links: int, done_weight: float):
+    """``TDVAE.rollout_losses`` as a loop over rows, chains and links, from its documented draws."""
+    g = torch.Generator().manual_seed(seed)
+    rows, length = batch.mask.shape
+    torch.randint(1, model.max_jump + 1, (rows, length), generator=g)
+    noise_head = [torch.randn(rows, length, model.state_dim, generator=g) for _ in range(3)][2]
+    starts = list(range(0, length, links))
+    noise = [torch.randn(rows, len(starts), model.state_dim, generator=g) for _ in range(links)]
+    nll, reward_sq, bce = [], [], []
+    for row in range(rows):
+        n = int(batch.mask[row].sum())
+        frames = torch.cat([batch.z[row, :1], batch.z_next[row, :n]])
+        actions = batch.actions[row, :n]
+        beliefs = model.beliefs(frames[None], torch.cat([actions, actions[-1:]])[None])[0]
+        encoded = model.encode_action(actions)
+        for c, start in enumerate(starts):
+            if start >= n:
+                continue
+            mu, sigma = params(model.belief_dist(beliefs[start]))
+            s = mu + sigma * noise_head[row, start]
+            for j in range(start, min(start + links, n)):
+                reward, logit = model.heads(s, torch.tensor(1), encoded[j])
+                done = float(batch.terminated[row, j])
+                reward_sq.append((reward - batch.rewards[row, j]) ** 2)
+                weight = done_weight if done else 1.0
+                bce.append(-weight * (done * torch.nn.functional.logsigmoid(logit)
+                                      + (1 - done) * torch.nn.functional.logsigmoid(-logit)))
+                mu_t, sigma_t = params(model.transition_dist(s, torch.tensor(1), encoded[j]))
+                s = mu_t + sigma_t * noise[j - start][row, c]
+                p_d = Independent(Normal(*params(model.decoder_dist(s))), 1)
+                nll.append(-p_d.log_prob(frames[j + 1]) / model.z_dim)
+    return {"rollout_nll": torch.stack(nll).mean(), "rollout_reward_loss": torch.stack(reward_sq).mean(),
+            "rollout_done_loss": torch.stack(bce).mean()}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("discrete", [True, False])
+def test_rollout_losses_equal_a_loop_over_open_loop_chains(discrete):
+    model = tiny_model(discrete)
+    batch = random_batch(discrete, [7, 5, 2], 7, terminated_rows=(1,), seed=2)
+    with torch.no_grad():
+        plain = model.losses(batch, torch.Generator().manual_seed(3), done_weight=4.0, reward_weight=0.5)
+        losses = model.losses(batch, torch.Generator().manual_seed(3), done_weight=4.0, reward_weight=0.5, rollout=3)
+        expected = reference_rollout(model, batch, 3, links=3, done_weight=4.0)
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, msg=name)
+    torch.testing.assert_close(losses["loss"], plain["loss"] + expected["rollout_nll"] + expected["rollout_done_loss"]
+                               + 0.5 * expected["rollout_reward_loss"])
+
+
 @pytest.mark.timeout(180)  # run alone, it also builds the session's tiny_run (~50 s)
 def test_train_tdvae_checkpoints_resumes_bit_for_bit_and_loads(tiny_run, tmp_path, capsys):
     from world_models.train_tdvae import TDVAEConfig, load_tdvae
@@ -363,6 +413,7 @@ def test_train_tdvae_checkpoints_resumes_bit_for_bit_and_loads(tiny_run, tmp_pat
     shutil.copytree(whole / "mdnrnn", tmp_path / "other" / "tdvae")  # M's weights where TD-VAE's should be
     with pytest.raises(ConfigMismatchError, match="tdvae"):
         load_tdvae(tmp_path / "other")
-    for bad in ({"max_jump": 0}, {"max_jump": 30, "seq_len": 20}, {"done_weight": 0.0}):
+    for bad in ({"max_jump": 0}, {"max_jump": 30, "seq_len": 20}, {"done_weight": 0.0}, {"rollout": -1},
+                {"rollout": 30, "seq_len": 20}):
         with pytest.raises(UserError):
             TDVAEConfig(run_dir=tmp_path / "x", **bad).check()

@@ -69,6 +69,7 @@ BAD_TRAIN = [
     (["controller", "--run-dir", "RUN", "--memory", "tdvae"], "train.py tdvae"),
     (["tdvae", "--run-dir", "EMPTY"], "train.py vae"),
     (["tdvae", "--run-dir", "EMPTY", "--max-jump", "0"], "--max-jump"),
+    (["tdvae", "--run-dir", "EMPTY", "--rollout", "-1"], "--rollout"),
     (["pipeline", "--run-dir", "MISSING", "--population", "3"], "--population"),
     (["pipeline", "--run-dir", "MISSING", "--episodes", "0"], "--episodes"),
     (["pipeline", "--run-dir", "MISSING", "--workers", "0"], "--workers"),

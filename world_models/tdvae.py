@@ -171,7 +171,7 @@ class TDVAE(nn.Module):
         }
 
     def losses(self, batch: SequenceBatch, generator: torch.Generator | None, done_weight: float = 10.0,
-               reward_weight: float = 1.0) -> dict[str, torch.Tensor]:
+               reward_weight: float = 1.0, rollout: int = 0) -> dict[str, torch.Tensor]:
         """Losses of a batch from ``train_mdnrnn.make_batch``; padding (mask False) never enters any.
 
         With n a row's chunk length, frames 0..L (z then z_next) and beliefs over all of them,
@@ -185,9 +185,11 @@ class TDVAE(nn.Module):
                 reward_loss = (r_hat - sum of r_t1..min(t2,n)-1)^2,
                 done_loss   = BCE(done_logit, "a terminated step in the jump"), pos_weight done_weight
             loss = elbo_loss + reward_weight * reward_loss + done_loss
+            + (rollout > 0) the terms of ``rollout_losses`` on chains from the heads' s
 
         All randomness comes from ``generator``, drawn in this order (tests replay it): delta
-        (B, L) by randint, then standard normals (B, L, state_dim) for s2, s1 and the heads' s.
+        (B, L) by randint, then standard normals (B, L, state_dim) for s2, s1 and the heads' s,
+        then the chains' normals.
         """
         steps = batch.mask.bool()
         rows, length = steps.shape
@@ -215,7 +217,8 @@ class TDVAE(nn.Module):
         out = {name: _masked_mean(value, elbo_ok) / self.z_dim for name, value in terms.items()}
         out["elbo_loss"] = sum(out[name] for name in ELBO_TERMS)
 
-        reward, done_logit = self.heads(_draw(self.belief_dist(b1), noise[2]), delta, abar)
+        s_belief = _draw(self.belief_dist(b1), noise[2])
+        reward, done_logit = self.heads(s_belief, delta, abar)
         reward_target = torch.where(head_ok, self._window_sum(rewards, t1, end), torch.zeros_like(reward))
         done = torch.where(head_ok, self._window_sum(terminated, t1, end) > 0.5, torch.zeros_like(head_ok))
         out["reward_loss"] = _masked_mean(F.mse_loss(reward, reward_target, reduction="none"), head_ok)
@@ -225,7 +228,50 @@ class TDVAE(nn.Module):
         out["done_loss"] = _masked_mean(bce, head_ok)
         out["loss"] = out["elbo_loss"] + reward_weight * out["reward_loss"] + out["done_loss"]
         out.update(_done_metrics(done_logit.detach(), done, head_ok))
+        if rollout > 0:
+            chain = self.rollout_losses(s_belief, frames, encoded, rewards, terminated, n, rollout, generator,
+                                        done_weight)
+            out.update(chain)
+            out["loss"] = (out["loss"] + chain["rollout_nll"] + reward_weight * chain["rollout_reward_loss"]
+                           + chain["rollout_done_loss"])
         return out
+
+    def rollout_losses(self, s_belief: torch.Tensor, frames: torch.Tensor, encoded: torch.Tensor,
+                       rewards: torch.Tensor, terminated: torch.Tensor, n: torch.Tensor, links: int,
+                       generator: torch.Generator | None, done_weight: float) -> dict[str, torch.Tensor]:
+        """Open-loop chains as the dream runs them. The ELBO fits p_T one jump from q's s1; a dream
+        chains p_T from its own draws for hundreds of steps, where untrained drift sends the heads
+        off the states they learnt on. From s_0 = s_belief at every ``links``-th position t (so
+        the chains cost about one extra pass), links k = 1..links under the actions taken:
+
+            s_k ~ p_T(s_k-1, 1, enc(a_t+k-1))
+            rollout_nll         = -log p_D(z_t+k | s_k) / z_dim
+            rollout_reward_loss = (reward head at (s_k-1, 1, enc(a_t+k-1)) - r_t+k-1)^2
+            rollout_done_loss   = BCE(its done logit, terminated_t+k-1), pos_weight done_weight
+
+        each a mean over all links whose step t+k-1 < n exists (the chunk's last step is a
+        termination or a cut: its frame t+k = n exists either way). Noise: (B, chains, state_dim)
+        standard normals from ``generator``, one draw per link."""
+        length = encoded.shape[1]
+        starts = torch.arange(0, length, links, device=frames.device)
+        s = s_belief[:, starts]
+        pos_weight = torch.as_tensor(done_weight, dtype=torch.float32, device=frames.device)
+        nll, reward_sq, bce, valid = [], [], [], []
+        for k in range(links):
+            j = starts[None] + k  # the step whose action link k + 1 takes, (1, C)
+            valid.append((j < n) & (j < length))
+            index = j.clamp(max=length - 1).expand(len(frames), -1)
+            action, one = _take(encoded, index), torch.ones_like(index)
+            reward, done_logit = self.heads(s, one, action)
+            reward_sq.append(F.mse_loss(reward, rewards.gather(1, index), reduction="none"))
+            bce.append(F.binary_cross_entropy_with_logits(done_logit, terminated.gather(1, index).to(done_logit.dtype),
+                                                          pos_weight=pos_weight, reduction="none"))
+            s = _draw(self.transition_dist(s, one, action), _randn(tuple(s.shape), generator, s))
+            nll.append(-self.decoder_dist(s).log_prob(_take(frames, index + 1).float()) / self.z_dim)
+        mask = torch.stack(valid)
+        return {"rollout_nll": _masked_mean(torch.stack(nll), mask),
+                "rollout_reward_loss": _masked_mean(torch.stack(reward_sq), mask),
+                "rollout_done_loss": _masked_mean(torch.stack(bce), mask)}
 
     def _clean(self, batch: SequenceBatch, steps: torch.Tensor, n: torch.Tensor):
         """Frames (B, L+1, z), encoded actions (B, L, A), rewards and terminated (B, L) with zeros at

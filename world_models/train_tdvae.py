@@ -67,6 +67,10 @@ class TDVAEConfig:
     """Weight of the jumps that end the episode in the done loss."""
     reward_weight: float = 1.0
     """Weight of the reward head's loss."""
+    rollout: int = 8
+    """Links of the open-loop chains trained beside the ELBO: p_T chained from the belief under the
+    actions taken, its decoded latents and heads fitted to what followed (a dream runs such
+    chains); 0: the paper's loss alone."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for the validation losses."""
     late_from_seed: int = -1
@@ -93,6 +97,10 @@ class TDVAEConfig:
         for name in ("grad_clip", "done_weight"):
             positive(name, getattr(self, name))
         at_least("reward_weight", self.reward_weight, 0)
+        at_least("rollout", self.rollout, 0)
+        if self.rollout > self.seq_len:
+            raise UserError(f"--rollout {self.rollout} is longer than --seq-len {self.seq_len}: "
+                            "no training sequence could hold such a chain")
         if self.max_jump > self.seq_len:
             raise UserError(f"--max-jump {self.max_jump} is longer than --seq-len {self.seq_len}: "
                             "no training sequence could hold such a jump")
@@ -118,7 +126,8 @@ def load_tdvae(run_dir: Path, device: str | torch.device = "cpu") -> tuple[TDVAE
 
 def model_losses(model: TDVAE, batch: SequenceBatch, config: TDVAEConfig,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return model.losses(batch, generator, done_weight=config.done_weight, reward_weight=config.reward_weight)
+    return model.losses(batch, generator, done_weight=config.done_weight, reward_weight=config.reward_weight,
+                        rollout=config.rollout)
 
 
 @torch.no_grad()
