@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{result.where} score over {len(result.returns)} episodes: {result.mean:.1f} +- {result.std:.1f}")
+    if "success_rate" in result.extra:
+        print(f"success rate (goal reached): {result.extra['success_rate']:.0%}")
     return 0
 
 

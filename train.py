@@ -4,6 +4,7 @@
     python train.py vae --data data/takecover --run-dir runs/takecover
     python train.py mdnrnn --run-dir runs/takecover
     python train.py tdvae --run-dir runs/takecover                               # or a TD-VAE memory
+    python train.py icm --run-dir runs/takecover                                 # curiosity: ICM on real episodes
     python train.py controller --run-dir runs/takecover --algo cmaes --where dream
     python train.py pipeline --preset doom-take-cover --run-dir runs/takecover   # all of the above + eval
     python train.py presets                                                      # what the presets set
@@ -26,6 +27,7 @@ from agents.presets import PRESETS, PipelineSettings, changed_settings, describe
 from agents.train_controller import ControllerConfig
 from envs.checks import at_least, directory_to_write, existing_directory
 from envs.errors import UserError
+from world_models.train_icm import ICMConfig
 from world_models.train_mdnrnn import MDNRNNConfig
 from world_models.train_tdvae import TDVAEConfig
 from world_models.train_vae import VAEConfig
@@ -113,6 +115,16 @@ def run_tdvae(args: TDVAEConfig) -> None:
     if "val_elbo_loss" in metrics:
         print(f"TD-VAE trained: val ELBO loss {metrics['val_elbo_loss']:.3f}, val done loss "
               f"{metrics['val_done_loss']:.3f}, done precision {metrics['val_done_precision']:.2f}")
+
+
+def run_icm(args: ICMConfig) -> None:
+    from world_models.train_icm import train_icm
+
+    metrics = train_icm(args)
+    if metrics["transitions"]:
+        print(f"ICM trained on {metrics['episodes']} new episodes ({metrics['transitions']} transitions): "
+              f"novelty before {metrics['novelty']:.4f}, inverse loss {metrics['inverse_loss']:.3f}, "
+              f"forward loss {metrics['forward_loss']:.4f}")
 
 
 def run_controller(args: ControllerConfig) -> None:
@@ -204,6 +216,7 @@ COMMANDS = {
     "vae": (VAEConfig, run_vae),
     "mdnrnn": (MDNRNNConfig, run_mdnrnn),
     "tdvae": (TDVAEConfig, run_tdvae),
+    "icm": (ICMConfig, run_icm),
     "controller": (ControllerConfig, run_controller),
     "pipeline": (Pipeline, run_pipeline_command),
     "presets": (Presets, run_presets),

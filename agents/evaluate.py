@@ -14,6 +14,7 @@ from envs.collect import PolicyFactory, run_episode
 from envs.errors import UserError
 from envs.make import make_env
 from envs.pool import make_pool
+from envs.tasks import task_rules
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts
 
 VIDEO_SCALE = 4  # 64x64 frames are upscaled to 256x256 in videos
@@ -77,6 +78,9 @@ def evaluate_policy(env_id: str, policy_factory: PolicyFactory, seeds: list[int]
     with make_pool(backend, init, workers, ray_address) as pool:
         results = pool.map(seeds, on_result=on_result)
     result = EvalResult("real", list(seeds), [float(r[0]) for r in results], [int(r[1]) for r in results])
+    goal = task_rules(env_id).success_return
+    if goal is not None:  # a goal task: how often the goal was reached
+        result.extra["success_rate"] = float(np.mean([r > goal for r in result.returns]))
     if keep_actions:
         result.extra["actions"] = [r[2] for r in results]
     return result

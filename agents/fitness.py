@@ -17,7 +17,11 @@ from agents.controller import Controller, ControllerPopulation, ControllerSpec
 from envs.collect import run_episode
 from envs.make import make_env
 from envs.pool import make_pool
+from world_models.curiosity import transitions
 from world_models.dream import DreamVecEnv, dream_rollouts
+from world_models.latents import encode_frames
+from world_models.memory import Memory
+from world_models.rewards import Curiosity, episode_bonus
 
 
 def population_policy(population: ControllerPopulation, rollouts: int):
@@ -42,9 +46,12 @@ class DreamFitness:
         return returns.view(size, self.rollouts).mean(dim=1).cpu()
 
 
-def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cell: bool, memory_kind: str):
+def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cell: bool, memory_kind: str,
+                         latents: bool = False):
     """Worker set-up for real-env scoring: one env, V and the memory on CPU; a task is (member,
-    seed) with the generation's parameters (P, n) shared, member p playing ``params[p]`` from ``seed``."""
+    seed) with the generation's parameters (P, n) shared, member p playing ``params[p]`` from ``seed``.
+    With ``latents`` an episode also returns V's mean latents (float16) and its actions, for the
+    driver's curiosity hook."""
     torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
     from agents.agent import WorldModelAgent
     from world_models.memory import load_memory
@@ -55,13 +62,16 @@ def _real_rollout_worker(run_dir: str, env_id: str, spec_dict: dict, include_cel
     memory, _ = load_memory(Path(run_dir), memory_kind)
     controller = Controller(ControllerSpec.from_dict(spec_dict))
 
-    def play(shared_task: tuple[np.ndarray, tuple[int, int]]) -> tuple[float, int]:
+    def play(shared_task: tuple[np.ndarray, tuple[int, int]]) -> tuple:
         params, (member, seed) = shared_task
         # a copy: Ray hands the shared array over read-only, straight from its object store
         controller.load_vector(torch.from_numpy(np.array(params[member], dtype=np.float32)))
         agent = WorldModelAgent(vae, memory, controller, include_cell)
         episode = run_episode(env, agent.policy(), seed)
-        return episode.total_reward, len(episode)
+        if not latents:
+            return episode.total_reward, len(episode)
+        mu, _ = encode_frames(vae, torch.from_numpy(episode.observations))
+        return episode.total_reward, len(episode), mu.half().numpy(), episode.actions
 
     return play
 
@@ -76,18 +86,33 @@ class RealFitness:
 
     def __init__(self, run_dir: Path, env_id: str, spec: ControllerSpec, rollouts: int, workers: int,
                  include_cell: bool = False, backend: str = "local", ray_address: str | None = None,
-                 memory_kind: str = "mdnrnn") -> None:
+                 memory_kind: str = "mdnrnn", curiosity: Curiosity | None = None, memory: Memory | None = None) -> None:
+        """``curiosity``: the reward hook, run here on each episode's latents (``memory``, the run's,
+        gives mdn its predictions); after scoring a generation it learns from all its transitions."""
         init = functools.partial(_real_rollout_worker, str(run_dir), env_id, spec.to_dict(), include_cell,
-                                 memory_kind)
+                                 memory_kind, curiosity is not None)
         self.pool = make_pool(backend, init, workers, ray_address)
         self.rollouts = rollouts
+        self.curiosity, self.memory = curiosity, memory
+        self.last = {}  # the last generation's intrinsic return and the hook's learning metrics
 
     def __call__(self, params: torch.Tensor, seed: int) -> torch.Tensor:
         vectors = params.detach().cpu().numpy()
         tasks = [(p, seed * 10_007 + p * self.rollouts + r) for p in range(len(vectors)) for r in range(self.rollouts)]
         results = self.pool.map(tasks, shared=vectors)
-        returns = torch.tensor([total for total, _ in results]).view(len(vectors), self.rollouts)
-        return returns.mean(dim=1)
+        returns = torch.tensor([result[0] for result in results])
+        if self.curiosity is not None:
+            returns = returns + self._bonus(results)
+        return returns.view(len(vectors), self.rollouts).mean(dim=1)
+
+    def _bonus(self, results: list[tuple]) -> torch.Tensor:
+        """Each episode's intrinsic return, scored before the hook learns from the generation."""
+        episodes = [(torch.from_numpy(z).float(), torch.from_numpy(actions)) for _, _, z, actions in results]
+        bonus = torch.tensor([float(episode_bonus(self.curiosity, self.memory, z, a).sum()) for z, a in episodes])
+        steps = [transitions(z, a) for z, a in episodes if len(a)]
+        learnt = self.curiosity.learn(*(torch.cat(parts) for parts in zip(*steps, strict=True))) if steps else {}
+        self.last = {"intrinsic_return": float(bonus.mean()), **{f"curiosity_{k}": v for k, v in learnt.items()}}
+        return bonus
 
     def close(self) -> None:
         self.pool.close()

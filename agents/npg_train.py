@@ -16,6 +16,7 @@ import torch
 
 from agents.controller import ControllerSpec
 from agents.npg import NPGConfig, StochasticPolicy, ValueFunction, fit_value, gae, npg_update
+from world_models.rewards import Curiosity
 
 
 @dataclass
@@ -122,14 +123,21 @@ class RealFeatureEnv:
     (N, 64, 64, 3) uint8 frames: a ``SyncVectorEnv`` (the envs step in this process) or a
     ``RayVectorEnv`` (one Ray actor each), see ``envs.pool.make_vector_env``. All N frames are
     encoded in one batch per step. ``close()`` closes ``envs``.
+
+    ``curiosity``: the reward hook adds its intrinsic reward to each step's (none on a reset step:
+    its frame starts a new episode) and learns from every ``learn_every`` real transitions.
     """
 
-    def __init__(self, envs, vae, memory, include_cell: bool = False) -> None:
+    def __init__(self, envs, vae, memory, include_cell: bool = False, curiosity: Curiosity | None = None,
+                 learn_every: int = 1024) -> None:
         self.envs = envs
         self.vae, self.memory, self.include_cell = vae, memory, include_cell
         self.device = next(memory.parameters()).device
         self.state = self.z = None
         self.ended = np.zeros(envs.num_envs, dtype=bool)
+        self.curiosity, self.learn_every = curiosity, learn_every
+        self._transitions: list[tuple[torch.Tensor, ...]] = []
+        self.learnt: dict = {}  # the hook's last learning metrics
 
     @torch.no_grad()
     def _observe(self, frames: np.ndarray) -> torch.Tensor:
@@ -147,13 +155,28 @@ class RealFeatureEnv:
 
     @torch.no_grad()
     def step_tensor(self, actions: torch.Tensor):
-        _, self.state = self.memory.step(self.z, actions.to(self.device), self.state)
+        actions = actions.to(self.device)
+        prediction, self.state = self.memory.step(self.z, actions, self.state)
         frames, reward, terminated, truncated, _ = self.envs.step(actions.cpu().numpy())
         # envs that were reset this step start from an empty memory
-        self.state = self.memory.reset(self.state, torch.as_tensor(self.ended, device=self.device))
+        resetting = torch.as_tensor(self.ended, device=self.device)
+        self.state = self.memory.reset(self.state, resetting)
         self.ended = terminated | truncated
         as_tensor = lambda x: torch.as_tensor(x, device=self.device)  # noqa: E731
-        return self._observe(frames), as_tensor(reward), as_tensor(terminated), as_tensor(truncated)
+        z = self.z
+        features, reward = self._observe(frames), as_tensor(reward)
+        if self.curiosity is not None:
+            reward = reward + self._bonus(z, actions, prediction, resetting)
+        return features, reward, as_tensor(terminated), as_tensor(truncated)
+
+    def _bonus(self, z: torch.Tensor, actions: torch.Tensor, prediction, resetting: torch.Tensor) -> torch.Tensor:
+        bonus = self.curiosity.real(z, actions, self.z, prediction)
+        real = ~resetting
+        self._transitions.append((z[real], actions[real], self.z[real]))
+        if sum(len(part[0]) for part in self._transitions) >= self.learn_every:
+            self.learnt = self.curiosity.learn(*(torch.cat(parts) for parts in zip(*self._transitions, strict=True)))
+            self._transitions = []
+        return torch.where(resetting, torch.zeros_like(bonus), bonus)
 
     def close(self) -> None:
         self.envs.close()

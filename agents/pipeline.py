@@ -40,6 +40,7 @@ from world_models.dream import held_action_lengths
 from world_models.latents import load_latent_cache
 from world_models.memory import load_memory
 from world_models.runlog import WandbRun, pipeline_wandb, resolve_device, set_pipeline_stage, to_jsonable
+from world_models.train_icm import ICMConfig, train_icm
 from world_models.train_mdnrnn import MDNRNNConfig, load_mdnrnn, reward_fit, train_mdnrnn
 from world_models.train_tdvae import TDVAEConfig, train_tdvae
 from world_models.train_vae import VAEConfig, train_vae
@@ -186,18 +187,30 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         stages.run(stage_name("probe", k), collect_to(_collected(s, k, stages), policy="constant"),
                    dataclasses.asdict)
     stages.run(stage_name(s.memory, k), train_m)
+    if s.curiosity == "icm":  # the round's new real episodes, learnt once each
+        stages.run(stage_name("icm", k), lambda: train_icm(ICMConfig(
+            run_dir=run_dir, epochs=s.icm_epochs, seed=s.seed, device=common["device"],
+            wandb_mode=common["wandb_mode"])))
     if s.held_action_limit:
         _close_held_actions(k, s, run_dir, stages, common, collect_to, train_m)
     if task_rules(s.env).dream_reward == "model" and s.memory == "mdnrnn":  # a diagnostic of M's reward head
         stages.run(stage_name("reward_fit", k), lambda: _reward_fit(k, run_dir))
     last = k == s.iterations
     generations = s.first_round_generations if k == 1 and not last else s.generations
-    stages.run(stage_name("controller", k), lambda: _train_controllers(
-        k, s, run_dir, generations + (s.final_generations if last else 0),
-        s.restarts + (s.final_restarts if last else 0), common))
+    def keep_round():  # RUN/rounds/K: for choosing the deployed round, and as later rounds' critics
+        copy_weights(run_dir, round_dir(run_dir, k), (s.memory, CONTROLLER_DIR))
+
+    def train_c():
+        summary = _train_controllers(k, s, run_dir, generations + (s.final_generations if last else 0),
+                                     s.restarts + (s.final_restarts if last else 0), common)
+        if not s.val_episodes:
+            keep_round()
+        return summary
+
+    stages.run(stage_name("controller", k), train_c)
     if s.val_episodes:
         _play_real(stages, stage_name("validate", k), s, run_dir, VALIDATION_SEED, s.val_episodes, pool=_pool(common),
-                   then=lambda: copy_weights(run_dir, round_dir(run_dir, k), (s.memory, CONTROLLER_DIR)))
+                   then=keep_round)
 
 
 def _close_held_actions(k: int, s: PipelineSettings, run_dir: Path, stages: Stages, common: dict, collect_to,
@@ -336,9 +349,12 @@ def _train_controllers(k: int, s: PipelineSettings, run_dir: Path, generations: 
     ``RUN/rounds/K/restartR`` and the best one on validation becomes the round's controller."""
     runs, validation_seeds = [], _seeds(VALIDATION_SEED, s.val_episodes)
     critics = tuple(round_dir(run_dir, k - j) for j in range(1, min(s.done_critics, k - 1) + 1))
+    # mdn pays the Ms' disagreement: round 1 has no earlier M to disagree with, and learns the task alone
+    curiosity = "none" if s.curiosity == "mdn" and not critics else s.curiosity
     for r in range(restarts):
         summary = train_controller(_controller_config(
             s, run_dir, common, generations=generations, seed=s.seed + r, done_critics=critics,
+            curiosity=curiosity, curiosity_scale=s.curiosity_scale,
             state_dir=stage_name("cmaes_dream", k) + (f"_restart{r}" if r else ""),
             warm_start=s.warm_start and k > 1))
         if restarts == 1:

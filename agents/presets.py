@@ -87,6 +87,15 @@ class PipelineSettings:
     dream_jump: int = 1
     """Env steps per dream decision, C's action held over them (needs memory tdvae, at most max_jump):
     a dream that many times cheaper."""
+    curiosity: str = "none"
+    """Intrinsic reward in C's dream returns (world_models/rewards.py): none | icm (ICM on V's latents,
+    trained on each round's new real episodes; the dream pays its forward error toward the memory's
+    expected next latent) | mdn (from round 2: the disagreement of the round's M and the done_critics
+    earlier rounds' Ms about the next latent)."""
+    curiosity_scale: float = 0.1
+    """eta: the intrinsic reward's weight beside the task's."""
+    icm_epochs: int = 4
+    """ICM: passes over each round's new real episodes (`train.py icm --epochs`)."""
     temperature: float = 1.15
     """Dream sampling temperature tau of M's mixture (paper Doom: 1.15)."""
     done_mode: str = "threshold"
@@ -204,11 +213,9 @@ class PipelineSettings:
         if self.iterations > 1 and self.iteration_episodes < 1:
             raise UserError("--iteration-episodes must be at least 1 when --iterations > 1")
         needs_validation = [flag for flag, on in (("--restarts > 1", self.restarts > 1),
-                                                  ("--final-restarts", self.final_restarts > 0),
-                                                  ("--done-critics", self.done_critics > 0)) if on]
+                                                  ("--final-restarts", self.final_restarts > 0)) if on]
         if needs_validation and self.val_episodes < 1:
-            raise UserError(f"{', '.join(needs_validation)} needs --val-episodes > 0 to choose by "
-                            "(earlier rounds' Ms are kept after their validation)")
+            raise UserError(f"{', '.join(needs_validation)} needs --val-episodes > 0 to choose the restart by")
 
 
     def _check_memory(self) -> None:
@@ -224,6 +231,20 @@ class PipelineSettings:
                             f"(--max-jump {self.max_jump})")
         if self.memory == "tdvae" and self.done_critics:
             raise UserError("--done-critics are earlier rounds' Ms (MDN-RNNs): not a setting for --memory tdvae")
+        self._check_curiosity()
+
+    def _check_curiosity(self) -> None:
+        one_of("curiosity", self.curiosity, ("none", "icm", "mdn"))
+        at_least("icm_epochs", self.icm_epochs, 1)
+        if self.curiosity == "none":
+            return
+        positive("curiosity_scale", self.curiosity_scale)
+        if self.dream_jump > 1:
+            raise UserError(f"--curiosity {self.curiosity} rewards one-step transitions: use --dream-jump 1")
+        if self.curiosity == "mdn" and (self.done_critics < 1 or self.iterations < 2):
+            raise UserError("--curiosity mdn pays the disagreement of this round's M and earlier rounds' Ms "
+                            "(the dream's own sample is noise, not novelty): set --done-critics >= 1 and "
+                            "--iterations >= 2")
 
 
 @dataclass(frozen=True)
@@ -271,6 +292,24 @@ PRESETS: dict[str, Preset] = {
         "doom-take-cover with the TD-VAE belief in place of M, trained half M's epochs (a TD-VAE epoch costs "
         "about two of M's: the same compute on the same data)",
         {"memory": "tdvae", "mdn_epochs": 15, "round_mdn_epochs": 10}, bases=("doom-take-cover",)),
+    "my-way-home": Preset(
+        "VizDoom MyWayHome for the curiosity study: --env VizdoomMyWayHome-v1 (random spawn, 'dense') or "
+        "VizdoomMyWayHomeSparse-v0 (the package's fixed far start); 300,000 real steps in 3 rounds, C in the "
+        "dream on M's reward head (+1 at the vest), 100 evaluation episodes; stack icm or mdn-curiosity",
+        {"env": "VizdoomMyWayHome-v1", "real_step_budget": 300_000, "episodes": 10_000,
+         "iteration_episodes": 10_000, "iterations": 3, "policy": "held", "z_dim": 32, "vae_epochs": 3,
+         "hidden": 256, "seq_len": 200, "mdn_epochs": 20, "round_mdn_epochs": 10, "temperature": 1.0,
+         "dream_max_steps": 2100, "generations": 20, "first_round_generations": 10, "population": 32,
+         "rollouts": 8, "eval_every": 5, "eval_rollouts": 64, "val_episodes": 0, "select_round": False,
+         "eval_episodes": 100, "exploration": 0.1}),
+    "icm": Preset(
+        "an overlay: ICM curiosity in C's dream returns (eta 0.01), the ICM trained on each round's new "
+        "real episodes",
+        {"curiosity": "icm", "curiosity_scale": 0.01}),
+    "mdn-curiosity": Preset(
+        "an overlay: from round 2, the disagreement of the round's M and the last round's M about the "
+        "next latent as curiosity (eta 1)",
+        {"curiosity": "mdn", "curiosity_scale": 1.0, "done_critics": 1}),
     "tiny": Preset(
         "an overlay that shrinks any recipe to a minutes-long smoke run of every stage "
         "(stack it last: --preset doom-take-cover-3000 tiny)",
@@ -282,6 +321,10 @@ PRESETS: dict[str, Preset] = {
     "doom-take-cover-tiny": Preset(
         "doom-take-cover tiny: a minutes-long smoke run (tests, a first try on a new machine)",
         bases=("doom-take-cover", "tiny")),
+    "my-way-home-tiny": Preset(
+        "my-way-home tiny: a minutes-long smoke run (stack icm or mdn-curiosity after it)",
+        {"real_step_budget": 6_000, "iterations": 2, "val_episodes": 0, "episodes": 100, "iteration_episodes": 100},
+        bases=("my-way-home", "tiny")),
     "atari-100k-tiny": Preset(
         "atari-100k tiny: two rounds within a 1,500-step budget, a minutes-long smoke run (--env ALE/Pong-v5)",
         {"real_step_budget": 1_500, "iterations": 2, "val_episodes": 0, "episodes": 100, "iteration_episodes": 100},

@@ -32,6 +32,7 @@ from envs.tasks import task_rules
 from world_models.dream import DreamConfig, DreamVecEnv, dream_rollouts
 from world_models.mdnrnn import MDNRNN
 from world_models.memory import Memory, load_memory
+from world_models.rewards import check_curiosity, icm_dir, make_curiosity
 from world_models.runlog import RunLogger, check_wandb_mode, resolve_device
 from world_models.train_mdnrnn import load_mdnrnn
 from world_models.train_vae import load_vae
@@ -114,6 +115,13 @@ class ControllerConfig:
     ray_address: str | None = None
     """With --backend ray: the cluster to join (auto: the one `ray start` made here); none starts
     a Ray instance on this machine."""
+    curiosity: Literal["none", "icm", "mdn"] = "none"
+    """Intrinsic reward added to every return (world_models/rewards.py): icm (ICM's forward error on
+    V's latents; in the real env it learns online from C's episodes, in the dream it needs
+    `train.py icm` first) or mdn (the memory's surprise above its usual; in the dream, the
+    disagreement of the memory and --done-critics)."""
+    curiosity_scale: float = 0.1
+    """eta: the intrinsic reward's weight beside the task's."""
 
     def check(self) -> None:
         """One-line UserError for the first bad setting (before any work starts)."""
@@ -146,6 +154,16 @@ class ControllerConfig:
         if self.memory == "tdvae" and (self.include_cell or self.done_critics):
             raise UserError("--include-cell and --done-critics are MDN-RNN options: TD-VAE gives C [z, s], "
                             "and a critic is an M")
+        check_curiosity(self.curiosity, self.curiosity_scale)
+        if self.curiosity != "none" and self.dream_jump > 1:
+            raise UserError(f"--curiosity {self.curiosity} rewards one-step transitions: use --dream-jump 1")
+        if self.curiosity == "mdn" and self.where == "dream" and not self.done_critics:
+            raise UserError("--curiosity mdn in the dream pays the disagreement of Ms about the next latent (the "
+                            "dream's own sample is noise, not novelty): give other Ms of this V with --done-critics")
+        trained_icm = (icm_dir(self.run_dir) / "model.safetensors").exists()
+        if self.curiosity == "icm" and self.where == "dream" and not trained_icm:
+            raise UserError(f"--curiosity icm in the dream needs an ICM trained on real episodes: run "
+                            f"`python train.py icm --run-dir {self.run_dir}` first")
 
 
 def controller_spec(memory: Memory, memory_config: dict, config: ControllerConfig) -> ControllerSpec:
@@ -192,25 +210,30 @@ def train_controller(config: ControllerConfig) -> dict:
     dream = dream_config(config, memory_config)
     start_mu, start_log_sigma = load_start_latents(config.run_dir, device)
     critics = [load_critic(Path(directory), memory_config, device) for directory in config.done_critics]
+    curiosity = make_curiosity(config.curiosity, config.curiosity_scale, config.run_dir, memory, device, config.seed)
 
     def make_dream(num_envs: int, seed: int = config.seed) -> DreamVecEnv:
-        return DreamVecEnv(memory, start_mu, start_log_sigma, num_envs, dream, seed=seed, critics=critics)
+        return DreamVecEnv(memory, start_mu, start_log_sigma, num_envs, dream, seed=seed, critics=critics,
+                           curiosity=curiosity)
 
     info = {"env_id": memory_config["env_id"], "memory": config.memory, "algo": config.algo, "where": config.where,
             "include_cell": config.include_cell, "dream": dataclasses.asdict(dream),
-            "done_critics": [str(directory) for directory in config.done_critics]}
+            "done_critics": [str(directory) for directory in config.done_critics],
+            **({"curiosity": config.curiosity, "curiosity_scale": config.curiosity_scale} if curiosity else {})}
     logger = RunLogger(config.run_dir, config, f"controller_{config.algo}_{config.where}", config.wandb_mode)
     try:
         if config.algo == "cmaes":
-            summary = _train_cmaes(config, spec, make_dream, info, logger)
+            summary = _train_cmaes(config, spec, make_dream, info, logger, curiosity, memory)
         else:
-            summary = _train_npg(config, spec, make_dream, memory, info, logger)
+            summary = _train_npg(config, spec, make_dream, memory, info, logger, curiosity)
     finally:
         logger.close()
+        if curiosity is not None and config.where == "real":
+            curiosity.save(config.run_dir)  # what the ICM learnt from C's episodes
     return summary
 
 
-def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
+def _train_cmaes(config, spec, make_dream, info, logger, curiosity=None, memory=None) -> dict:
     from agents.cmaes import CMAESConfig, CMAESTrainer
     from agents.cmaes import load_controller as load_cmaes_controller
 
@@ -222,7 +245,8 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
         eval_fitness = DreamFitness(make_dream, spec, config.eval_rollouts)
     else:
         fitness = RealFitness(config.run_dir, info["env_id"], spec, config.rollouts, config.workers,
-                              config.include_cell, config.backend, config.ray_address, config.memory)
+                              config.include_cell, config.backend, config.ray_address, config.memory,
+                              curiosity, memory)
         eval_fitness = None
     x0 = load_controller(config.run_dir)[0].to_vector() if config.warm_start else None
     trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or _state_dir(config)), x0)
@@ -232,6 +256,8 @@ def _train_cmaes(config, spec, make_dream, info, logger) -> dict:
     bar = progress_bar("C (CMA-ES)", config.generations, enabled=config.progress)
 
     def log(record: dict) -> None:
+        if isinstance(fitness, RealFitness):
+            record = {**record, **fitness.last}  # the generation's intrinsic return, the ICM's losses
         logger.log(record, record["generation"])
         bar.advance(f"best {record['best']:.1f} mean {record['mean']:.1f}")
 
@@ -253,7 +279,7 @@ def _state_dir(config: ControllerConfig) -> str:
     return f"cmaes_{config.where}{memory}{jump}"
 
 
-def _train_npg(config, spec, make_dream, memory, info, logger) -> dict:
+def _train_npg(config, spec, make_dream, memory, info, logger, curiosity=None) -> dict:
     npg = NPGConfig(max_kl=config.max_kl, damping=config.damping)
     if config.where == "dream":
         env = make_dream(config.npg_envs)
@@ -261,7 +287,7 @@ def _train_npg(config, spec, make_dream, memory, info, logger) -> dict:
         vae, _ = load_vae(config.run_dir)
         env_fns = [functools.partial(make_env, info["env_id"])] * config.workers  # picklable, for Ray actors
         env = RealFeatureEnv(make_vector_env(config.backend, env_fns, config.ray_address), vae, memory,
-                             config.include_cell)
+                             config.include_cell, curiosity)
     best = {"fitness": -math.inf}
     bar = progress_bar("C (NPG)", config.generations, enabled=config.progress)
     start = time.perf_counter()

@@ -74,6 +74,9 @@ def _import_family(family: Family) -> None:
         gym.register_envs(module)
     elif family is VIZDOOM:
         importlib.import_module("vizdoom.gymnasium_wrapper")
+        from envs.my_way_home import register_my_way_home  # needs vizdoom: imported here, not at the top
+
+        register_my_way_home()  # VizdoomMyWayHomeSparse-v0
         # Each DoomGame writes into ./_vizdoom/ and creates it when missing; two worker processes
         # racing to create it crash one of them (SIGSEGV, "Failed to create ./_vizdoom/"), so it
         # is made here first (exist_ok: safe when workers do it at once).
@@ -126,6 +129,11 @@ def make_env(
     if max_episode_steps is None:
         max_episode_steps = WORLD_MODELS_DOOM_LIMITS.get(env_id)
     env = gym.make(env_id, render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)
+    if family is VIZDOOM:
+        from envs.my_way_home import MY_WAY_HOME_TASKS, TimeoutIsTruncation
+
+        if env_id in MY_WAY_HOME_TASKS:
+            env = TimeoutIsTruncation(env)
     return FrameObservation(env, family)
 
 

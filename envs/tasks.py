@@ -9,7 +9,9 @@
   training; the real env still plays whole games at evaluation, no life-loss resets). C's dream
   return is then the clipped score of one life.
 - Every other env (other ViZDoom scenarios, CarRacing): M's reward head with the raw reward,
-  and the env's own termination.
+  and the env's own termination. MyWayHome (dense and the package's sparse variant) is one:
+  +1 at the vest, a -0.0001 living penalty, the 2100-step timeout a truncation; an episode is a
+  success when its return passes ``success_return`` (the vest was reached).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from envs.make import ATARI, family_of
 
 # tasks whose reward is exactly +1 per step survived: the dream pays that without M's reward head
 SURVIVAL_TASKS = ("VizdoomTakeCover-v1",)
+# goal tasks: an episode whose return passes this reached the goal (MyWayHome: +1 at the vest,
+# at most -0.21 of living penalty over 2100 steps)
+GOAL_RETURNS = {"VizdoomMyWayHome-v1": 0.5, "VizdoomMyWayHomeSparse-v0": 0.5}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class TaskRules:
     """M learns sign(r) instead of r."""
     life_loss_ends: bool
     """A life lost is an episode end for M's done head (and so for the dream)."""
+    success_return: float | None = None
+    """Goal tasks: an episode whose return passes this is a success (evaluation reports the rate)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,4 +48,5 @@ def task_rules(env_id: str) -> TaskRules:
         return TaskRules(dream_reward="survival", clip_rewards=False, life_loss_ends=False)
     if family_of(env_id) is ATARI:
         return TaskRules(dream_reward="model", clip_rewards=True, life_loss_ends=True)
-    return TaskRules(dream_reward="model", clip_rewards=False, life_loss_ends=False)
+    return TaskRules(dream_reward="model", clip_rewards=False, life_loss_ends=False,
+                     success_return=GOAL_RETURNS.get(env_id))

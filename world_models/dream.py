@@ -30,6 +30,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from world_models.memory import Memory
+from world_models.rewards import Curiosity
 
 
 @dataclass
@@ -63,15 +64,18 @@ class DreamVecEnv(VectorEnv):
 
     def __init__(self, memory: Memory, start_mu: torch.Tensor, start_log_sigma: torch.Tensor, num_envs: int,
                  config: DreamConfig | None = None, vae=None, seed: int | None = None,
-                 render_mode: str | None = None, critics: Sequence[Memory] = ()) -> None:
+                 render_mode: str | None = None, critics: Sequence[Memory] = (),
+                 curiosity: Curiosity | None = None) -> None:
         """``critics``: more memories (same V, same actions) stepped alongside on the dream's own z
         and actions; a dream dies where the most pessimistic of them and the memory says so
         (largest done logit), so a controller cannot live on one model's missed deaths. The memory
-        alone moves z and feeds C."""
+        alone moves z and feeds C. ``curiosity``: the reward hook's intrinsic reward added to every
+        step's (``world_models.rewards``: from the models' predictions, never the dream's sample)."""
         self.model = memory.eval()
         self.critics = [critic.eval() for critic in critics]
         self.config = config or DreamConfig()
-        _check_models(memory, self.critics, self.config.jump)
+        self.curiosity = curiosity
+        _check_models(memory, self.critics, self.config.jump, curiosity)
         self.device = next(memory.parameters()).device
         self.start_mu = start_mu.to(self.device)
         self.start_sigma = start_log_sigma.exp().to(self.device)
@@ -121,7 +125,10 @@ class DreamVecEnv(VectorEnv):
         jump = self.config.jump
         imagined = self.model.imagine(self.z, actions, self.state, self.config.temperature, self.generator, jump)
         self.state = imagined.state
-        done_logit = self._pessimistic_done_logit(imagined.done_logit, actions)
+        critic_predictions = self._step_critics(actions)
+        done_logit = imagined.done_logit
+        for prediction in critic_predictions:  # the most pessimistic model decides a death
+            done_logit = torch.maximum(done_logit, prediction.done_logit)
         if self.config.done_mode == "sample":
             p_done = torch.sigmoid(done_logit - math.log(self.config.done_weight))
             terminated = torch.rand(p_done.shape, generator=self.generator, device=self.device) < p_done
@@ -129,6 +136,9 @@ class DreamVecEnv(VectorEnv):
             terminated = torch.sigmoid(done_logit) > self.config.done_threshold
         survival = self.config.reward_mode == "survival"
         reward = torch.full_like(imagined.done_logit, jump) if survival else imagined.reward
+        if self.curiosity is not None:
+            predictions = [(self.model, imagined.prediction), *zip(self.critics, critic_predictions, strict=True)]
+            reward = reward + self.curiosity.dream(self.z, actions, predictions)
         self.z = imagined.z
         self.steps += jump
         truncated = (self.steps >= self.config.max_episode_steps) & ~terminated
@@ -139,12 +149,13 @@ class DreamVecEnv(VectorEnv):
         self._needs_reset = terminated | truncated
         return self.features(), reward, terminated, truncated
 
-    def _pessimistic_done_logit(self, done_logit: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The largest done logit of the memory and every critic for the step (z_t, a_t) -> (B,)."""
+    def _step_critics(self, actions: torch.Tensor) -> list:
+        """Every critic's prediction for the step (z_t, a_t), its state advanced."""
+        predictions = []
         for i, critic in enumerate(self.critics):
-            critic_out, self.critic_states[i] = critic.step(self.z, actions, self.critic_states[i])
-            done_logit = torch.maximum(done_logit, critic_out.done_logit)
-        return done_logit
+            prediction, self.critic_states[i] = critic.step(self.z, actions, self.critic_states[i])
+            predictions.append(prediction)
+        return predictions
 
     def compact(self, keep: torch.Tensor) -> None:
         """Drop the dreams where ``keep`` is False (their state is discarded; ``num_envs`` shrinks)."""
@@ -244,7 +255,11 @@ def dream_rollouts(dream: DreamVecEnv, act, seed: int | None = None) -> tuple[to
     return returns, lengths
 
 
-def _check_models(memory: Memory, critics: Sequence[Memory], jump: int) -> None:
+def _check_models(memory: Memory, critics: Sequence[Memory], jump: int, curiosity: Curiosity | None = None) -> None:
+    if curiosity is not None and jump > 1:
+        raise ValueError("curiosity rewards one-step transitions: a jumpy dream has none to reward")
+    if curiosity is not None and curiosity.kind == "mdn" and not critics:
+        raise ValueError("mdn curiosity in a dream pays the models' disagreement: it needs critics (other Ms)")
     if not 1 <= jump <= memory.max_jump:
         raise ValueError(f"a dream jump of {jump} steps needs a memory that predicts that far ahead "
                          f"(this {memory.kind} predicts up to {memory.max_jump})")

@@ -89,7 +89,14 @@ class MDNRNN(nn.Module):
         if jump != 1:
             raise ValueError(f"an MDN-RNN dreams one step at a time, not {jump}")
         out, state = self.step(z, action, state)
-        return Imagined(self.sample(out, temperature, generator), out.reward, out.done_logit, state)
+        return Imagined(self.sample(out, temperature, generator), out.reward, out.done_logit, state, out)
+
+    def expected_next(self, prediction: MDNOutput) -> torch.Tensor:
+        """E[z_{t+1}] = sum_k pi_k mu_k per latent dim: (B, z)."""
+        return (prediction.logit_pi.softmax(-1) * prediction.mu).sum(-1)
+
+    def surprise(self, prediction: MDNOutput, z_next: torch.Tensor) -> torch.Tensor:
+        return -self.log_prob(prediction, z_next)
 
     def reset(self, state: Carry, mask: torch.Tensor) -> Carry:
         keep = ~mask[None, :, None]

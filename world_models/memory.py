@@ -31,6 +31,7 @@ class Imagined(NamedTuple):
     reward: torch.Tensor  # (B,) the reward predicted over the jump
     done_logit: torch.Tensor  # (B,) logit of "the episode ends within the jump"
     state: Any  # the memory's state after the jump
+    prediction: Any = None  # the memory's prediction of the jump's end (``expected_next``, ``surprise``)
 
 
 @runtime_checkable
@@ -63,6 +64,12 @@ class Memory(Protocol):
 
     def imagine(self, z: torch.Tensor, action: torch.Tensor, state: Any, temperature: float,
                 generator: torch.Generator | None, jump: int = 1) -> Imagined: ...
+
+    def expected_next(self, prediction: Any) -> torch.Tensor:
+        """The predicted next latent's expectation (B, z): no sampling noise in it."""
+
+    def surprise(self, prediction: Any, z_next: torch.Tensor) -> torch.Tensor:
+        """-log p(z_next | the prediction), summed over latent dims: (B, z) -> (B,)."""
 
     def reset(self, state: Any, mask: torch.Tensor) -> Any:
         """The rows in ``mask`` (B,) bool back to ``initial_state``'s values."""

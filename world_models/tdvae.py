@@ -353,7 +353,17 @@ class TDVAE(nn.Module):
         s_next = _draw(p_t, _randn(tuple(state.s.shape), generator, state.s), math.sqrt(temperature))
         s_next = s_next.to(state.s.dtype)
         z_next = self.decoder_dist(s_next).mean.to(z.dtype)
-        return Imagined(z_next, reward, done_logit, state._replace(s=s_next, action=encoded))
+        prediction = TDVAEPrediction(reward, done_logit, p_t.base_dist.loc, p_t.base_dist.scale)
+        return Imagined(z_next, reward, done_logit, state._replace(s=s_next, action=encoded), prediction)
+
+    def expected_next(self, prediction: TDVAEPrediction) -> torch.Tensor:
+        """p_D's mean at p_T's mean state (B, z): the decoder of the expected state, not the
+        expectation over states (p_D is nonlinear), which would need samples."""
+        return self.decoder_dist(prediction.s_mu).mean
+
+    def surprise(self, prediction: TDVAEPrediction, z_next: torch.Tensor) -> torch.Tensor:
+        """-log p_D(z_next | p_T's mean state): the decoder's density at the expected state."""
+        return -self.decoder_dist(prediction.s_mu).log_prob(z_next.float())
 
     def reset(self, state: TDVAEState, mask: torch.Tensor) -> TDVAEState:
         zeros = TDVAEState(*(torch.zeros_like(part) for part in state))
