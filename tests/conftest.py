@@ -46,14 +46,15 @@ def tiny_run(tmp_path_factory):
 
 # One two-round pipeline that switches on every optional mechanism at once (V on part of the
 # random rollouts, probes, the adaptive held-action check, a second CMA-ES run in the last round,
-# an earlier round's M as death critic, offline W&B), run as the real command and then run again:
+# an earlier round's M as death critic, ICM curiosity, offline W&B), run as the real command and then run again:
 # each tiny pipeline costs a minute of process start-ups, so the tests of all these mechanisms
 # share this one.
 PIPELINE_ARGS = ["--preset", "doom-take-cover-tiny", "--episodes", "4", "--vae-episodes", "2", "--iterations", "2",
                  "--iteration-episodes", "2", "--probe-episodes", "2", "--round-mdn-epochs", "1",
                  "--first-round-generations", "1", "--final-generations", "1", "--final-restarts", "1",
                  "--done-critics", "1", "--held-action-limit", "1", "--extra-probe-episodes", "2",
-                 "--max-extra-probes", "1", "--extra-mdn-epochs", "1", "--no-progress", "--wandb-mode", "offline"]
+                 "--max-extra-probes", "1", "--extra-mdn-epochs", "1", "--curiosity", "icm", "--no-progress",
+                 "--wandb-mode", "offline"]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ SMALLEST = {
     "dream.py": ["--population", 2, "--rollouts", 2, "--steps", 3, "--sequential-rollouts", 1, "--hiddens", 16,
                  "--z-dims", 8],
     "dream_jump.py": ["--generations", 1, "--population", 4, "--rollouts", 2, "--jumps", 2, "--max-episode-steps", 20,
+                      "--step-dreams", 8, "--step-env-steps", 8,
                       "--z-dim", 8, "--belief", 16],
     "mdn_sampling.py": ["--dreams", 4, "--population", 2, "--z-dim", 8, "--hidden", 16, "--mixtures", 2,
                         "--repeats", 2],

@@ -78,8 +78,8 @@ def test_npg_in_the_dream(tiny_run, tmp_path, capsys):
     assert "C trained (npg, dream)" in capsys.readouterr().out
 
 
-STAGES = ["collect", "vae", "collect_rest", "probe", "mdnrnn", "held_actions0", "probe_extra1", "mdnrnn_extra1",
-          "held_actions1", "controller", "validate", "collect_2", "probe_2", "mdnrnn_2", "held_actions0_2",
+STAGES = ["collect", "vae", "collect_rest", "probe", "mdnrnn", "icm", "held_actions0", "probe_extra1", "mdnrnn_extra1",
+          "held_actions1", "controller", "validate", "collect_2", "probe_2", "mdnrnn_2", "icm_2", "held_actions0_2",
           "probe_extra1_2", "mdnrnn_extra1_2", "held_actions1_2", "controller_2", "validate_2", "select_2",
           "evaluate_2", "videos"]
 
@@ -95,6 +95,13 @@ def test_pipeline_runs_every_stage_in_order_and_a_rerun_skips_them_all(two_round
     config = json.loads((run_dir / "pipeline_config.json").read_text())
     assert config["preset"] == "doom-take-cover-tiny" and config["episodes"] == 4  # override applied
     assert config["overrides"]["episodes"] == 4 and "z_dim" not in config["overrides"]  # what the CLI changed
+    # curiosity: the ICM learnt every cached episode once, round by round, and C's dream paid its bonus
+    from world_models.latents import cached_episode_seeds
+
+    seen = json.loads((run_dir / "icm" / "episodes_seen.json").read_text())["seeds"]
+    assert seen == sorted(cached_episode_seeds(run_dir))
+    controller = json.loads((run_dir / "controller" / "model.json").read_text())
+    assert controller["curiosity"] == "icm"
 
 
 def test_the_best_round_on_validation_is_deployed(two_rounds):
