@@ -9,8 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline_cli import ROOT, ok, run
 from world_models.runlog import wandb_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args) -> subprocess.CompletedProcess:
+    """``eval.py`` as the real command: W&B's offline files are what a user's run writes."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
 
 BLOCK, HEADER = 32 * 1024, 7  # a .wandb file is a LevelDB-style log of protobuf records
 FULL, LAST = 1, 4
