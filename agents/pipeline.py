@@ -187,12 +187,12 @@ def _train_round(k: int, s: PipelineSettings, run_dir: Path, data: Path, stages:
         stages.run(stage_name("probe", k), collect_to(_collected(s, k, stages), policy="constant"),
                    dataclasses.asdict)
     stages.run(stage_name(s.memory, k), train_m)
-    if s.curiosity == "icm":  # the round's new real episodes, learnt once each
+    if s.held_action_limit:
+        _close_held_actions(k, s, run_dir, stages, common, collect_to, train_m)
+    if s.curiosity == "icm":  # the round's new real episodes (the probes' too), learnt once each
         stages.run(stage_name("icm", k), lambda: train_icm(ICMConfig(
             run_dir=run_dir, epochs=s.icm_epochs, seed=s.seed, device=common["device"],
             wandb_mode=common["wandb_mode"])))
-    if s.held_action_limit:
-        _close_held_actions(k, s, run_dir, stages, common, collect_to, train_m)
     if task_rules(s.env).dream_reward == "model" and s.memory == "mdnrnn":  # a diagnostic of M's reward head
         stages.run(stage_name("reward_fit", k), lambda: _reward_fit(k, run_dir))
     last = k == s.iterations

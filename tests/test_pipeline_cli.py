@@ -78,9 +78,9 @@ def test_npg_in_the_dream(tiny_run, tmp_path, capsys):
     assert "C trained (npg, dream)" in capsys.readouterr().out
 
 
-STAGES = ["collect", "vae", "collect_rest", "probe", "mdnrnn", "icm", "held_actions0", "probe_extra1", "mdnrnn_extra1",
-          "held_actions1", "controller", "validate", "collect_2", "probe_2", "mdnrnn_2", "icm_2", "held_actions0_2",
-          "probe_extra1_2", "mdnrnn_extra1_2", "held_actions1_2", "controller_2", "validate_2", "select_2",
+STAGES = ["collect", "vae", "collect_rest", "probe", "mdnrnn", "held_actions0", "probe_extra1", "mdnrnn_extra1",
+          "held_actions1", "icm", "controller", "validate", "collect_2", "probe_2", "mdnrnn_2", "held_actions0_2",
+          "probe_extra1_2", "mdnrnn_extra1_2", "held_actions1_2", "icm_2", "controller_2", "validate_2", "select_2",
           "evaluate_2", "videos"]
 
 
