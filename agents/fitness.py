@@ -17,11 +17,10 @@ from agents.controller import Controller, ControllerPopulation, ControllerSpec
 from envs.collect import run_episode
 from envs.make import make_env
 from envs.pool import make_pool
-from world_models.curiosity import transitions
+from world_models.curiosity import episodes_transitions
 from world_models.dream import DreamVecEnv, dream_rollouts
 from world_models.latents import encode_frames
-from world_models.memory import Memory
-from world_models.rewards import Curiosity, episode_bonus
+from world_models.rewards import Curiosity
 
 
 def population_policy(population: ControllerPopulation, rollouts: int):
@@ -86,14 +85,14 @@ class RealFitness:
 
     def __init__(self, run_dir: Path, env_id: str, spec: ControllerSpec, rollouts: int, workers: int,
                  include_cell: bool = False, backend: str = "local", ray_address: str | None = None,
-                 memory_kind: str = "mdnrnn", curiosity: Curiosity | None = None, memory: Memory | None = None) -> None:
-        """``curiosity``: the reward hook, run here on each episode's latents (``memory``, the run's,
-        gives mdn its predictions); after scoring a generation it learns from all its transitions."""
+                 memory_kind: str = "mdnrnn", curiosity: Curiosity | None = None) -> None:
+        """``curiosity``: the reward hook, run here on each episode's latents; after scoring a
+        generation it learns from all its transitions."""
         init = functools.partial(_real_rollout_worker, str(run_dir), env_id, spec.to_dict(), include_cell,
                                  memory_kind, curiosity is not None)
         self.pool = make_pool(backend, init, workers, ray_address)
         self.rollouts = rollouts
-        self.curiosity, self.memory = curiosity, memory
+        self.curiosity = curiosity
         self.last = {}  # the last generation's intrinsic return and the hook's learning metrics
 
     def __call__(self, params: torch.Tensor, seed: int) -> torch.Tensor:
@@ -108,9 +107,10 @@ class RealFitness:
     def _bonus(self, results: list[tuple]) -> torch.Tensor:
         """Each episode's intrinsic return, scored before the hook learns from the generation."""
         episodes = [(torch.from_numpy(z).float(), torch.from_numpy(actions)) for _, _, z, actions in results]
-        bonus = torch.tensor([float(episode_bonus(self.curiosity, self.memory, z, a).sum()) for z, a in episodes])
-        steps = [transitions(z, a) for z, a in episodes if len(a)]
-        learnt = self.curiosity.learn(*(torch.cat(parts) for parts in zip(*steps, strict=True))) if steps else {}
+        with torch.no_grad():
+            bonus = torch.tensor([float(self.curiosity.episode(z, a).sum()) for z, a in episodes])
+        played = [(z, a) for z, a in episodes if len(a)]
+        learnt = self.curiosity.learn(*episodes_transitions(played)) if played else {}
         self.last = {"intrinsic_return": float(bonus.mean()), **{f"curiosity_{k}": v for k, v in learnt.items()}}
         return bonus
 

@@ -223,7 +223,7 @@ def train_controller(config: ControllerConfig) -> dict:
     logger = RunLogger(config.run_dir, config, f"controller_{config.algo}_{config.where}", config.wandb_mode)
     try:
         if config.algo == "cmaes":
-            summary = _train_cmaes(config, spec, make_dream, info, logger, curiosity, memory)
+            summary = _train_cmaes(config, spec, make_dream, info, logger, curiosity)
         else:
             summary = _train_npg(config, spec, make_dream, memory, info, logger, curiosity)
     finally:
@@ -233,7 +233,7 @@ def train_controller(config: ControllerConfig) -> dict:
     return summary
 
 
-def _train_cmaes(config, spec, make_dream, info, logger, curiosity=None, memory=None) -> dict:
+def _train_cmaes(config, spec, make_dream, info, logger, curiosity=None) -> dict:
     from agents.cmaes import CMAESConfig, CMAESTrainer
     from agents.cmaes import load_controller as load_cmaes_controller
 
@@ -245,8 +245,7 @@ def _train_cmaes(config, spec, make_dream, info, logger, curiosity=None, memory=
         eval_fitness = DreamFitness(make_dream, spec, config.eval_rollouts)
     else:
         fitness = RealFitness(config.run_dir, info["env_id"], spec, config.rollouts, config.workers,
-                              config.include_cell, config.backend, config.ray_address, config.memory,
-                              curiosity, memory)
+                              config.include_cell, config.backend, config.ray_address, config.memory, curiosity)
         eval_fitness = None
     x0 = load_controller(config.run_dir)[0].to_vector() if config.warm_start else None
     trainer = CMAESTrainer(spec, cma_config, Path(config.run_dir) / (config.state_dir or _state_dir(config)), x0)

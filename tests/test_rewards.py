@@ -103,7 +103,7 @@ def test_mdn_dream_bonus_is_the_models_disagreement_and_zero_between_equal_model
 @torch.no_grad()
 def test_mdn_real_bonus_is_surprise_per_dim_above_the_usual(tiny_run):
     from world_models.latents import load_latent_cache
-    from world_models.rewards import SurpriseCuriosity, episode_bonus, surprise_baseline
+    from world_models.rewards import SurpriseCuriosity, surprise_baseline
 
     memory, _, _ = _models(tiny_run)
     latents = load_latent_cache(tiny_run)
@@ -123,7 +123,7 @@ def test_mdn_real_bonus_is_surprise_per_dim_above_the_usual(tiny_run):
     mixture = MixtureSameFamily(Categorical(logits=out.logit_pi[0]), Normal(out.mu[0], out.log_sigma[0].exp()))
     surprise = -Independent(mixture, 1).log_prob(episode.mu[1:]) / memory.z_dim
     hook = SurpriseCuriosity(memory, scale=3.0, baseline=baseline)
-    bonus = episode_bonus(hook, memory, episode.mu, episode.actions)
+    bonus = hook.episode(episode.mu, episode.actions)
     torch.testing.assert_close(bonus, 3.0 * (surprise - baseline).clamp(min=0), rtol=1e-4, atol=1e-5)
     assert (bonus == 0).any() and (bonus > 0).any()  # familiar steps pay nothing, surprising ones pay
 
@@ -136,7 +136,6 @@ def test_real_cmaes_returns_gain_exactly_the_episodes_bonus_and_the_icm_learns(t
     from envs.collect import run_episode
     from envs.make import make_env
     from world_models.latents import encode_frames
-    from world_models.rewards import episode_bonus
     from world_models.train_vae import load_vae
 
     memory, _, _ = _models(tiny_run)
@@ -146,7 +145,7 @@ def test_real_cmaes_returns_gain_exactly_the_episodes_bonus_and_the_icm_learns(t
     hook = _icm_hook(memory.z_dim, scale=0.25)
     before = copy.deepcopy(hook.learner.icm)
     plain = RealFitness(tiny_run, "VizdoomTakeCover-v1", spec, rollouts=1, workers=1)
-    curious = RealFitness(tiny_run, "VizdoomTakeCover-v1", spec, rollouts=1, workers=1, curiosity=hook, memory=memory)
+    curious = RealFitness(tiny_run, "VizdoomTakeCover-v1", spec, rollouts=1, workers=1, curiosity=hook)
     try:
         task, with_bonus = plain(params, seed=5), curious(params, seed=5)
     finally:
@@ -165,7 +164,7 @@ def test_real_cmaes_returns_gain_exactly_the_episodes_bonus_and_the_icm_learns(t
     env.close()
     assert hook.learner.updates > 0 and curious.last["intrinsic_return"] > 0
     assert not torch.equal(before.features(z), hook.learner.icm.features(z))  # learnt from the generation
-    assert episode_bonus(hook, None, z, torch.from_numpy(episode.actions)).shape == (len(episode),)
+    assert hook.episode(z, torch.from_numpy(episode.actions)).shape == (len(episode),)
 
 
 @pytest.mark.timeout(120)

@@ -203,6 +203,12 @@ def transitions(z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, t
     return z[:-1], actions, z[1:]
 
 
+def episodes_transitions(episodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``transitions`` of several episodes, (z (T+1, z_dim), actions) each, concatenated."""
+    parts = [transitions(z, actions) for z, actions in episodes]
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+
 def _check_transitions(z: torch.Tensor, actions: torch.Tensor, z_next: torch.Tensor) -> int:
     """The number of transitions N; ValueError unless z and z_next are (N, z_dim) and actions (N, ...)."""
     if z.dim() != 2 or z.shape != z_next.shape or len(actions) != len(z):

@@ -190,9 +190,7 @@ class MDNRNN(nn.Module):
 
         nll = _masked_mean(-self.log_prob(out, z_next) / self.z_dim, mask)
         reward_loss = _masked_mean(F.mse_loss(out.reward, reward, reduction="none"), mask)
-        pos_weight = torch.as_tensor(done_weight, dtype=done.dtype, device=done.device)
-        bce = F.binary_cross_entropy_with_logits(out.done_logit, done, pos_weight=pos_weight, reduction="none")
-        done_loss = _masked_mean(bce, mask)
+        done_loss = _masked_mean(_weighted_bce(out.done_logit, done, done_weight), mask)
         return {
             "loss": nll + reward_weight * reward_loss + done_loss,
             "nll": nll,
@@ -227,6 +225,13 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of values (B, T) over the True entries of mask (B, T); 0 when there are none."""
     kept = torch.where(mask, values, torch.zeros_like(values))
     return kept.sum() / mask.sum().clamp(min=1)
+
+
+def _weighted_bce(done_logit: torch.Tensor, done: torch.Tensor, done_weight: float) -> torch.Tensor:
+    """Per-entry BCE of done logits against float targets of the same dtype, terminal steps
+    weighted ``done_weight`` (the heads' rare deaths would otherwise barely count)."""
+    pos_weight = torch.as_tensor(done_weight, dtype=done.dtype, device=done.device)
+    return F.binary_cross_entropy_with_logits(done_logit, done, pos_weight=pos_weight, reduction="none")
 
 
 def _done_metrics(done_logit: torch.Tensor, done: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:

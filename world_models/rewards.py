@@ -49,6 +49,9 @@ class Curiosity(Protocol):
         """eta * intrinsic reward of real transitions (B,): z, z_next (B, z); ``prediction`` the
         memory's ``step`` prediction of z_next (the mdn kind needs it)."""
 
+    def episode(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``real`` at every step of one real episode: z (T+1, z) V's latents, actions (T,) -> (T,)."""
+
     def dream(self, z: torch.Tensor, actions: torch.Tensor, predictions: Sequence[tuple[Memory, Any]]) -> torch.Tensor:
         """eta * intrinsic reward of a dream step (B,) from the models' predictions of z_t+1, never
         from the sample: (memory, prediction) pairs, the dreaming memory's first, its critics' after."""
@@ -84,6 +87,9 @@ class ICMCuriosity:
     def real(self, z, actions, z_next, prediction=None) -> torch.Tensor:
         return self.scale * self.learner.intrinsic(z, actions, z_next)
 
+    def episode(self, z, actions) -> torch.Tensor:
+        return self.real(z[:-1], actions, z[1:])
+
     def dream(self, z, actions, predictions) -> torch.Tensor:
         memory, prediction = predictions[0]
         return self.scale * self.learner.intrinsic(z, actions, memory.expected_next(prediction).to(z.dtype))
@@ -100,8 +106,13 @@ class SurpriseCuriosity:
     def real(self, z, actions, z_next, prediction=None) -> torch.Tensor:
         if prediction is None:
             raise ValueError("mdn curiosity needs the memory's prediction of z_next")
-        per_dim = self.memory.surprise(prediction, z_next) / self.memory.z_dim
-        return self.scale * (per_dim - self.baseline).clamp(min=0)
+        return self._pay(self.memory.surprise(prediction, z_next))
+
+    def episode(self, z, actions) -> torch.Tensor:
+        return self._pay(episode_surprises(self.memory, z, actions))
+
+    def _pay(self, surprise: torch.Tensor) -> torch.Tensor:
+        return self.scale * (surprise / self.memory.z_dim - self.baseline).clamp(min=0)
 
     def learn(self, z, actions, z_next) -> dict:
         return {}  # the memory learns the agent's transitions in its own stage (train.py mdnrnn)
@@ -116,45 +127,29 @@ class SurpriseCuriosity:
         return self.scale * means.var(0, unbiased=False).mean(-1)
 
 
-def memory_predictions(memory: Memory, z: torch.Tensor, actions: torch.Tensor) -> list:
-    """The memory's ``step`` prediction of z_t+1 at every step of one real episode, from its
-    state after z_0..t: z (T+1, z), actions (T,) or (T, A) -> T predictions (batch 1)."""
+@torch.no_grad()
+def episode_surprises(memory: Memory, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """-log p(z_t+1 | state after z_0..t) at every step of one real episode, the memory stepped as
+    the acting agent steps it: z (T+1, z), actions (T,) or (T, A) -> (T,)."""
     state = memory.initial_state(1, z.device)
-    predictions = []
+    surprises = []
     for t in range(len(actions)):
         state = memory.observe(z[t : t + 1], state)
         prediction, state = memory.step(z[t : t + 1], actions[t : t + 1], state)
-        predictions.append(prediction)
-    return predictions
+        surprises.append(memory.surprise(prediction, z[t + 1 : t + 2]))
+    return torch.cat(surprises) if surprises else torch.zeros(0)
 
 
-@torch.no_grad()
-def episode_bonus(curiosity: Curiosity, memory: Memory | None, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """The hook's reward at every step of one real episode: z (T+1, z) V's latents, actions (T,)."""
-    if len(actions) == 0:
-        return torch.zeros(0)
-    if curiosity.kind != "mdn":
-        return curiosity.real(z[:-1], actions, z[1:])
-    predictions = memory_predictions(memory, z, actions)
-    return torch.cat([curiosity.real(z[t : t + 1], actions[t : t + 1], z[t + 1 : t + 2], p)
-                      for t, p in enumerate(predictions)])
-
-
-@torch.no_grad()
 def surprise_baseline(memory: Memory, episodes, limit: int = 32) -> float:
     """The memory's mean surprise per latent dim on up to ``limit`` of a run's episodes
     (``world_models.data.LatentEpisodes``, V's mean latents): what "usual" means for ``mdn``."""
-    total, steps = 0.0, 0
-    for e in range(min(limit, episodes.num_episodes)):
-        episode = episodes.episode(e)
-        z, actions = episode.mu, episode.actions
-        for t, prediction in enumerate(memory_predictions(memory, z, actions)):
-            total += float(memory.surprise(prediction, z[t + 1 : t + 2]).sum())
-            steps += 1
+    surprises = [episode_surprises(memory, episode.mu, episode.actions)
+                 for episode in map(episodes.episode, range(min(limit, episodes.num_episodes)))]
+    steps = sum(len(part) for part in surprises)
     if not steps:
         raise UserError("mdn curiosity needs episodes in the run's latent cache to measure the memory's "
                         "usual surprise; collect and train V first")
-    return total / (steps * memory.z_dim)
+    return float(sum(float(part.sum()) for part in surprises)) / (steps * memory.z_dim)
 
 
 def icm_dir(run_dir: Path) -> Path:
@@ -173,10 +168,8 @@ def make_curiosity(kind: str, scale: float, run_dir: Path, memory: Memory, devic
         from world_models.latents import load_latent_cache
 
         return SurpriseCuriosity(memory, scale, surprise_baseline(memory, load_latent_cache(run_dir)))
-    from world_models.curiosity import ICM, ICMLearner
+    from world_models.train_icm import ICMConfig, load_or_create  # it imports this module
 
-    if (icm_dir(run_dir) / "model.safetensors").exists():
-        return ICMCuriosity(ICMLearner.load(icm_dir(run_dir), device), scale)
-    torch.manual_seed(seed)  # the ICM's initial weights
-    icm = ICM(memory.z_dim, memory.action_dim, memory.discrete_actions).to(device)
-    return ICMCuriosity(ICMLearner(icm, seed=seed), scale)
+    learner = load_or_create(ICMConfig(run_dir=run_dir, seed=seed), memory.z_dim, memory.action_dim,
+                             memory.discrete_actions, device)
+    return ICMCuriosity(learner, scale)

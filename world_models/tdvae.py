@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from world_models.mdnrnn import _bound_log_sigma, _done_metrics, _masked_mean
+from world_models.mdnrnn import _bound_log_sigma, _done_metrics, _masked_mean, _weighted_bce
 from world_models.memory import Imagined
 
 if TYPE_CHECKING:  # training's module pulls in V and the data pipeline, which the model itself never needs
@@ -222,10 +222,7 @@ class TDVAE(nn.Module):
         reward_target = torch.where(head_ok, self._window_sum(rewards, t1, end), torch.zeros_like(reward))
         done = torch.where(head_ok, self._window_sum(terminated, t1, end) > 0.5, torch.zeros_like(head_ok))
         out["reward_loss"] = _masked_mean(F.mse_loss(reward, reward_target, reduction="none"), head_ok)
-        pos_weight = torch.as_tensor(done_weight, dtype=done_logit.dtype, device=device)
-        bce = F.binary_cross_entropy_with_logits(done_logit, done.to(done_logit.dtype), pos_weight=pos_weight,
-                                                 reduction="none")
-        out["done_loss"] = _masked_mean(bce, head_ok)
+        out["done_loss"] = _masked_mean(_weighted_bce(done_logit, done.to(done_logit.dtype), done_weight), head_ok)
         out["loss"] = out["elbo_loss"] + reward_weight * out["reward_loss"] + out["done_loss"]
         out.update(_done_metrics(done_logit.detach(), done, head_ok))
         if rollout > 0:
@@ -255,7 +252,6 @@ class TDVAE(nn.Module):
         length = encoded.shape[1]
         starts = torch.arange(0, length, links, device=frames.device)
         s = s_belief[:, starts]
-        pos_weight = torch.as_tensor(done_weight, dtype=torch.float32, device=frames.device)
         nll, reward_sq, bce, valid = [], [], [], []
         for k in range(links):
             j = starts[None] + k  # the step whose action link k + 1 takes, (1, C)
@@ -264,8 +260,7 @@ class TDVAE(nn.Module):
             action, one = _take(encoded, index), torch.ones_like(index)
             reward, done_logit = self.heads(s, one, action)
             reward_sq.append(F.mse_loss(reward, rewards.gather(1, index), reduction="none"))
-            bce.append(F.binary_cross_entropy_with_logits(done_logit, terminated.gather(1, index).to(done_logit.dtype),
-                                                          pos_weight=pos_weight, reduction="none"))
+            bce.append(_weighted_bce(done_logit, terminated.gather(1, index).to(done_logit.dtype), done_weight))
             s = _draw(self.transition_dist(s, one, action), _randn(tuple(s.shape), generator, s))
             nll.append(-self.decoder_dist(s).log_prob(_take(frames, index + 1).float()) / self.z_dim)
         mask = torch.stack(valid)

@@ -19,7 +19,7 @@ import torch
 from envs.checks import at_least, positive
 from envs.episodes import atomic_write_json
 from envs.errors import CorruptFileError, UserError
-from world_models.curiosity import ICM, ICMLearner
+from world_models.curiosity import ICM, ICMLearner, episodes_transitions
 from world_models.latents import cached_episode_seeds, load_latent_cache
 from world_models.rewards import icm_dir
 from world_models.runlog import RunLogger, check_wandb_mode, resolve_device
@@ -120,10 +120,5 @@ def action_space_of(run_dir: Path) -> tuple[int, bool]:
 
 def episode_transitions(latents, episodes: list[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z_t, a_t, z_t+1) of the given episodes of a latent cache, V's mean latents."""
-    z, actions, z_next = [], [], []
-    for e in episodes:
-        episode = latents.episode(e)
-        z.append(episode.mu[:-1])
-        z_next.append(episode.mu[1:])
-        actions.append(episode.actions)
-    return torch.cat(z).to(device), torch.cat(actions).to(device), torch.cat(z_next).to(device)
+    chosen = (latents.episode(e) for e in episodes)
+    return tuple(part.to(device) for part in episodes_transitions((ep.mu, ep.actions) for ep in chosen))
