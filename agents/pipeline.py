@@ -310,7 +310,8 @@ def _mdn_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -
     return MDNRNNConfig(
         run_dir=run_dir, data=run_dir / "data", hidden=s.hidden, mixtures=s.mixtures, seq_len=s.seq_len,
         batch_size=s.mdn_batch, epochs=epochs, lr=s.mdn_lr, keep_best=s.mdn_keep_best, patience=s.mdn_patience,
-        late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
+        reward_event_weight=s.reward_event_weight, late_from_seed=s.seed + s.episodes,
+        late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
 
 
 def _tdvae_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int) -> TDVAEConfig:
@@ -319,7 +320,8 @@ def _tdvae_config(s: PipelineSettings, run_dir: Path, common: dict, epochs: int)
     return TDVAEConfig(
         run_dir=run_dir, data=run_dir / "data", belief=s.hidden, state_dim=s.tdvae_state_dim, max_jump=s.max_jump,
         seq_len=s.seq_len, batch_size=s.mdn_batch, epochs=epochs, lr=s.tdvae_lr, rollout=s.tdvae_rollout,
-        late_from_seed=s.seed + s.episodes, late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
+        reward_event_weight=s.reward_event_weight, late_from_seed=s.seed + s.episodes,
+        late_weight=s.late_episode_weight, seed=s.seed, **_training(common))
 
 
 MEMORY_CONFIGS = {"mdnrnn": _mdn_config, "tdvae": _tdvae_config}

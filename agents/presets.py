@@ -67,6 +67,9 @@ class PipelineSettings:
     """Sequences per M batch."""
     mdn_lr: float = 1e-3
     """M's Adam learning rate."""
+    reward_event_weight: float = 0.0
+    """The memory's reward loss counts each step 1 + this * |r| times (0: plain mean squared error):
+    a rare reward (MyWayHome's vest, once in ~40,000 random steps) then moves the reward head."""
     mdn_keep_best: str = ""
     """M keeps the epoch of each round with the lowest held-out loss of this name (val_loss,
     val_nll, val_done_loss or val_reward_loss); '' keeps the last epoch."""
@@ -198,6 +201,7 @@ class PipelineSettings:
             at_least(name, getattr(self, name), 0)
         at_least("population", self.population, 4, "CMA-ES needs at least 4 candidates per generation")
         at_least("vae_recon_cutoff", self.vae_recon_cutoff, 0)
+        at_least("reward_event_weight", self.reward_event_weight, 0)
         at_least("vae_foreground_weight", self.vae_foreground_weight, 1)
         at_least("real_step_budget", self.real_step_budget, 0)
         if self.real_step_budget and self.real_step_budget < self.iterations:
@@ -301,11 +305,11 @@ PRESETS: dict[str, Preset] = {
          "hidden": 256, "seq_len": 200, "mdn_epochs": 20, "round_mdn_epochs": 10, "temperature": 1.0,
          "dream_max_steps": 2100, "generations": 20, "first_round_generations": 10, "population": 32,
          "rollouts": 8, "eval_every": 5, "eval_rollouts": 64, "val_episodes": 0, "select_round": False,
-         "eval_episodes": 100, "exploration": 0.1}),
+         "eval_episodes": 100, "exploration": 0.1, "reward_event_weight": 1000.0}),
     "icm": Preset(
-        "an overlay: ICM curiosity in C's dream returns (eta 0.01), the ICM trained on each round's new "
-        "real episodes",
-        {"curiosity": "icm", "curiosity_scale": 0.01}),
+        "an overlay: ICM curiosity in C's dream returns (eta 0.001; the dream's bonus at most eta times the "
+        "real novelty cap), the ICM trained on each round's new real episodes",
+        {"curiosity": "icm", "curiosity_scale": 0.001}),
     "mdn-curiosity": Preset(
         "an overlay: from round 2, the disagreement of the round's M and the last round's M about the "
         "next latent as curiosity (eta 1)",

@@ -214,6 +214,22 @@ def test_save_load_round_trip_continues_bit_for_bit(tmp_path):
 
 
 @pytest.mark.timeout(20)
+def test_novelty_cap_is_the_highest_99th_percentile_of_real_batches_before_learning(tmp_path):
+    g = torch.Generator().manual_seed(6)
+    displacements = torch.randn(ACTIONS, Z, generator=g)
+    learner = ICMLearner(tiny_icm(), seed=1)
+    assert learner.novelty_cap is None
+    first = displacement_task(300, g, displacements)
+    expected = float(torch.quantile(learner.intrinsic(*first), 0.99))
+    learner.update(*first, epochs=3)
+    assert learner.novelty_cap == pytest.approx(expected)
+    learner.update(*first, epochs=1)  # a familiar batch now: lower novelty does not lower the cap
+    assert learner.novelty_cap == pytest.approx(expected)
+    learner.save(tmp_path / "icm")
+    assert ICMLearner.load(tmp_path / "icm").novelty_cap == learner.novelty_cap
+
+
+@pytest.mark.timeout(20)
 def test_load_refuses_what_is_not_an_icm_checkpoint(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         ICMLearner.load(tmp_path / "nothing")

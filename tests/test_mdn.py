@@ -228,6 +228,22 @@ def test_loss_values_are_means_over_real_steps():
     torch.testing.assert_close(terms["done_accuracy"], (predicted == actual).float().mean())
 
 
+@pytest.mark.parametrize("event_weight", [3.0, 1000.0])
+def test_reward_event_weight_counts_each_step_one_plus_w_abs_r_times(event_weight):
+    g = torch.Generator().manual_seed(5)
+    model = _model_for()
+    out, z_next, _, done, mask = _batch(g)
+    reward = torch.zeros_like(done, dtype=out.reward.dtype)
+    reward[:, 2], reward[:, 4] = 1.0, -0.5  # rare events among zero-reward steps
+    terms = model.losses(out, z_next, reward, done, mask, reward_event_weight=event_weight)
+    weight = 1 + event_weight * reward.abs()
+    torch.testing.assert_close(terms["reward_loss"], (weight * (out.reward - reward) ** 2)[mask].mean())
+    # 0 is the plain mean squared error, bit for bit (the recipes that do not set it are unchanged)
+    plain = model.losses(out, z_next, reward, done, mask)
+    assert torch.equal(model.losses(out, z_next, reward, done, mask, reward_event_weight=0.0)["loss"], plain["loss"])
+    torch.testing.assert_close(plain["reward_loss"], ((out.reward - reward) ** 2)[mask].mean())
+
+
 def test_all_padding_rows_contribute_nothing():
     g = torch.Generator().manual_seed(4)
     model = _model_for()

@@ -20,7 +20,7 @@ DOOM_TAKE_COVER = {
     "mixtures": 5, "seq_len": 200,
     "mdn_epochs": 30, "mdn_batch": 32, "mdn_lr": 0.001, "mdn_keep_best": "", "mdn_patience": 10,
     "memory": "mdnrnn", "tdvae_state_dim": 32, "tdvae_lr": 0.0005, "tdvae_rollout": 8, "max_jump": 4, "dream_jump": 1,
-    "curiosity": "none", "curiosity_scale": 0.1, "icm_epochs": 4,
+    "curiosity": "none", "curiosity_scale": 0.1, "icm_epochs": 4, "reward_event_weight": 0.0,
     "temperature": 1.15, "done_mode": "threshold", "dream_max_steps": 2100, "generations": 30, "population": 64,
     "rollouts": 16, "eval_every": 10, "eval_rollouts": 256, "include_cell": False, "eval_episodes": 100,
     "val_episodes": 20, "workers": 2, "iterations": 5, "iteration_episodes": 100, "probe_episodes": 90,

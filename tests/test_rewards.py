@@ -75,6 +75,30 @@ def test_icm_adds_exactly_eta_half_forward_error_toward_the_expected_latent_in_t
 
 @pytest.mark.timeout(120)
 @torch.no_grad()
+def test_icm_dream_bonus_is_capped_at_the_real_novelty_cap(tiny_run):
+    from world_models.dream import DreamConfig, DreamVecEnv
+
+    memory, mu, log_sigma = _models(tiny_run)
+    hook = _icm_hook(memory.z_dim)
+    config = DreamConfig(max_episode_steps=50)
+
+    def raw_and_paid():
+        plain = DreamVecEnv(memory, mu, log_sigma, 6, config, seed=3)
+        curious = DreamVecEnv(memory, mu, log_sigma, 6, config, seed=3, curiosity=hook)
+        for z, actions, state, resetting, (_, r0, _, _), (_, r1, _, _) in _step_both(plain, curious, 10):
+            out, _ = memory.step(z, actions, state)
+            raw = _forward_error(hook.learner.icm, z, actions, (out.logit_pi.softmax(-1) * out.mu).sum(-1))
+            yield raw[~resetting], (r1 - r0)[~resetting]
+
+    cap = float(torch.cat([raw for raw, _ in raw_and_paid()]).median())  # no cap yet: what the dream pays
+    hook.learner.novelty_cap = cap
+    raw, paid = (torch.cat(part) for part in zip(*raw_and_paid(), strict=True))
+    torch.testing.assert_close(paid, 0.5 * raw.clamp(max=cap))
+    assert (raw > cap).sum() > 0 and (raw < cap).sum() > 0
+
+
+@pytest.mark.timeout(120)
+@torch.no_grad()
 def test_mdn_dream_bonus_is_the_models_disagreement_and_zero_between_equal_models(tiny_run):
     from world_models.dream import DreamConfig, DreamVecEnv
     from world_models.rewards import SurpriseCuriosity

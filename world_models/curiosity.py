@@ -42,6 +42,7 @@ ARCHITECTURE_KEYS = ("z_dim", "action_dim", "discrete_actions", "feature_dim", "
 ICM_KEYS = ("kind", *ARCHITECTURE_KEYS, "lr", "seed", "updates", "optimizer")  # what a checkpoint's JSON must hold
 MODEL_PREFIX = "model."
 GENERATOR_KEY = "generator"
+NOVELTY_QUANTILE = 0.99  # the real novelty a dream's bonus is capped at (ICMLearner.novelty_cap)
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -132,6 +133,10 @@ class ICMLearner:
         # minibatch order on the CPU whatever the model's device: the same order on every machine
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0  # optimizer steps taken, over all calls
+        # the 99th percentile of the intrinsic reward of the real transitions learnt, each batch
+        # measured before learning it (the highest over batches): how novel a real transition gets.
+        # None before any update.
+        self.novelty_cap: float | None = None
 
     def update(self, z: torch.Tensor, actions: torch.Tensor, z_next: torch.Tensor, epochs: int = 1,
                batch_size: int = 256) -> dict[str, float]:
@@ -140,6 +145,7 @@ class ICMLearner:
         count = _check_transitions(z, actions, z_next)
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+        self._raise_cap(self.intrinsic(z, actions, z_next))
         self.icm.train()
         totals: dict[str, float] = {}
         steps = 0
@@ -152,6 +158,10 @@ class ICMLearner:
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         return {key: value / steps for key, value in totals.items()}
+
+    def _raise_cap(self, novelty: torch.Tensor) -> None:
+        high = float(torch.quantile(novelty.float(), NOVELTY_QUANTILE))
+        self.novelty_cap = high if self.novelty_cap is None else max(self.novelty_cap, high)
 
     def _step(self, z: torch.Tensor, actions: torch.Tensor, z_next: torch.Tensor) -> dict[str, float]:
         losses = self.icm.losses(z, actions, z_next)
@@ -174,7 +184,7 @@ class ICMLearner:
         tensors.update(optim_tensors)
         tensors[GENERATOR_KEY] = self.generator.get_state()
         config = {"kind": ICM.kind, **self.icm.config, "lr": self.lr, "seed": self.seed, "updates": self.updates,
-                  "optimizer": optim_meta}
+                  "novelty_cap": self.novelty_cap, "optimizer": optim_meta}
         save_checkpoint(directory, tensors, config, name=name)
 
     @classmethod
@@ -191,6 +201,7 @@ class ICMLearner:
         optimizer_from_tensors(learner.optimizer, tensors, config["optimizer"])
         learner.generator.set_state(tensors[GENERATOR_KEY].cpu())
         learner.updates = config["updates"]
+        learner.novelty_cap = config.get("novelty_cap")  # absent in ICMs saved before the cap: none
         return learner
 
 

@@ -167,14 +167,15 @@ class MDNRNN(nn.Module):
 
     # ---- training -------------------------------------------------------------------------
     def losses(self, out: MDNOutput, z_next: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
-               mask: torch.Tensor, done_weight: float = 10.0, reward_weight: float = 1.0) -> dict[str, torch.Tensor]:
+               mask: torch.Tensor, done_weight: float = 10.0, reward_weight: float = 1.0,
+               reward_event_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Losses of a batch of sequences; padding (mask False) never enters any of them.
 
         out from ``forward`` (leading dims (B, T)); z_next (B, T, z); reward, done, mask (B, T).
         Every term is a mean over the unmasked steps:
 
             nll         = -log p(z_{t+1} | h_t) / z_dim                        (per latent dim)
-            reward_loss = (r_hat_t - r_t)^2
+            reward_loss = (1 + reward_event_weight * |r_t|) (r_hat_t - r_t)^2
             done_loss   = BCE(done_logit_t, done_t), terminal steps weighted by done_weight
             loss        = nll + reward_weight * reward_loss + done_loss
 
@@ -189,7 +190,7 @@ class MDNRNN(nn.Module):
         done = torch.where(mask, done.to(out.done_logit.dtype), torch.zeros_like(out.done_logit))
 
         nll = _masked_mean(-self.log_prob(out, z_next) / self.z_dim, mask)
-        reward_loss = _masked_mean(F.mse_loss(out.reward, reward, reduction="none"), mask)
+        reward_loss = _masked_mean(reward_errors(out.reward, reward, reward_event_weight), mask)
         done_loss = _masked_mean(_weighted_bce(out.done_logit, done, done_weight), mask)
         return {
             "loss": nll + reward_weight * reward_loss + done_loss,
@@ -225,6 +226,18 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of values (B, T) over the True entries of mask (B, T); 0 when there are none."""
     kept = torch.where(mask, values, torch.zeros_like(values))
     return kept.sum() / mask.sum().clamp(min=1)
+
+
+def reward_errors(predicted: torch.Tensor, reward: torch.Tensor, event_weight: float) -> torch.Tensor:
+    """Per-entry squared error of the reward head, each step weighted 1 + event_weight * |r|.
+
+    A reward that comes once in tens of thousands of steps (MyWayHome's vest) is invisible to a plain
+    mean squared error, as rare deaths are to the done loss; the weight makes such steps count like
+    a common event's. Weighted least squares fits p(1 + W) r / (1 + p W) where a reward r comes with
+    probability p: it overstates rare rewards, on purpose (the dream should lead C toward them).
+    event_weight 0 is the plain error, bit for bit."""
+    error = F.mse_loss(predicted, reward, reduction="none")
+    return error if event_weight == 0 else error * (1 + event_weight * reward.abs())
 
 
 def _weighted_bce(done_logit: torch.Tensor, done: torch.Tensor, done_weight: float) -> torch.Tensor:

@@ -16,7 +16,10 @@ In a dream z_t+1 is the memory's own sample, so a prediction error against it is
 sampling noise: novelty the dream made up (Burda et al. 2018: prediction-error curiosity is
 drawn to stochastic sources). The dream's bonus therefore never looks at the sample:
 
-- ``icm`` measures ICM's forward error against the memory's expected next latent E[z_t+1];
+- ``icm`` measures ICM's forward error against the memory's expected next latent E[z_t+1], capped
+  at the novelty of real transitions (``ICMLearner.novelty_cap``, the 99th percentile of what the
+  ICM met in real episodes): off the data, E[z_t+1] is the memory's extrapolation, and an error
+  against it hundreds of times any real one pays C for finding the memory's mistakes;
 - ``mdn`` pays the disagreement of the memory and the dream's critics (other Ms of the same V)
   about E[z_t+1]: the variance across models, averaged over latent dims. Models that learnt the
   same transitions agree on them whatever their noise; they disagree where data was missing.
@@ -71,7 +74,8 @@ def check_curiosity(kind: str, scale: float) -> None:
 
 
 class ICMCuriosity:
-    """``icm``: eta/2 ||f(phi(z_t), a_t) - phi(z_t+1)||^2 (real) or against E[z_t+1] (dream)."""
+    """``icm``: eta/2 ||f(phi(z_t), a_t) - phi(z_t+1)||^2 (real) or, in the dream, against E[z_t+1]
+    and at most eta times the real novelty cap."""
 
     kind = "icm"
 
@@ -92,7 +96,10 @@ class ICMCuriosity:
 
     def dream(self, z, actions, predictions) -> torch.Tensor:
         memory, prediction = predictions[0]
-        return self.scale * self.learner.intrinsic(z, actions, memory.expected_next(prediction).to(z.dtype))
+        novelty = self.learner.intrinsic(z, actions, memory.expected_next(prediction).to(z.dtype))
+        if self.learner.novelty_cap is not None:
+            novelty = novelty.clamp(max=self.learner.novelty_cap)
+        return self.scale * novelty
 
 
 class SurpriseCuriosity:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from world_models.mdnrnn import _bound_log_sigma, _done_metrics, _masked_mean, _weighted_bce
+from world_models.mdnrnn import _bound_log_sigma, _done_metrics, _masked_mean, _weighted_bce, reward_errors
 from world_models.memory import Imagined
 
 if TYPE_CHECKING:  # training's module pulls in V and the data pipeline, which the model itself never needs
@@ -171,7 +171,8 @@ class TDVAE(nn.Module):
         }
 
     def losses(self, batch: SequenceBatch, generator: torch.Generator | None, done_weight: float = 10.0,
-               reward_weight: float = 1.0, rollout: int = 0) -> dict[str, torch.Tensor]:
+               reward_weight: float = 1.0, rollout: int = 0,
+               reward_event_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Losses of a batch from ``train_mdnrnn.make_batch``; padding (mask False) never enters any.
 
         With n a row's chunk length, frames 0..L (z then z_next) and beliefs over all of them,
@@ -182,7 +183,7 @@ class TDVAE(nn.Module):
             heads at t1 < n where t2 <= n or the chunk ends with a termination (what lies past a
                 cut or a truncation is unknown), on s ~ p_B(b_t1) (q's s1 has seen the future: it
                 would leak the death into the done head; the dream's s comes from p_T):
-                reward_loss = (r_hat - sum of r_t1..min(t2,n)-1)^2,
+                reward_loss = (1 + reward_event_weight |R|) (r_hat - R)^2, R = sum of r_t1..min(t2,n)-1,
                 done_loss   = BCE(done_logit, "a terminated step in the jump"), pos_weight done_weight
             loss = elbo_loss + reward_weight * reward_loss + done_loss
             + (rollout > 0) the terms of ``rollout_losses`` on chains from the heads' s
@@ -221,13 +222,13 @@ class TDVAE(nn.Module):
         reward, done_logit = self.heads(s_belief, delta, abar)
         reward_target = torch.where(head_ok, self._window_sum(rewards, t1, end), torch.zeros_like(reward))
         done = torch.where(head_ok, self._window_sum(terminated, t1, end) > 0.5, torch.zeros_like(head_ok))
-        out["reward_loss"] = _masked_mean(F.mse_loss(reward, reward_target, reduction="none"), head_ok)
+        out["reward_loss"] = _masked_mean(reward_errors(reward, reward_target, reward_event_weight), head_ok)
         out["done_loss"] = _masked_mean(_weighted_bce(done_logit, done.to(done_logit.dtype), done_weight), head_ok)
         out["loss"] = out["elbo_loss"] + reward_weight * out["reward_loss"] + out["done_loss"]
         out.update(_done_metrics(done_logit.detach(), done, head_ok))
         if rollout > 0:
             chain = self.rollout_losses(s_belief, frames, encoded, rewards, terminated, n, rollout, generator,
-                                        done_weight)
+                                        done_weight, reward_event_weight)
             out.update(chain)
             out["loss"] = (out["loss"] + chain["rollout_nll"] + reward_weight * chain["rollout_reward_loss"]
                            + chain["rollout_done_loss"])
@@ -235,7 +236,8 @@ class TDVAE(nn.Module):
 
     def rollout_losses(self, s_belief: torch.Tensor, frames: torch.Tensor, encoded: torch.Tensor,
                        rewards: torch.Tensor, terminated: torch.Tensor, n: torch.Tensor, links: int,
-                       generator: torch.Generator | None, done_weight: float) -> dict[str, torch.Tensor]:
+                       generator: torch.Generator | None, done_weight: float,
+                       reward_event_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Open-loop chains as the dream runs them. The ELBO fits p_T one jump from q's s1; a dream
         chains p_T from its own draws for hundreds of steps, where untrained drift sends the heads
         off the states they learnt on. From s_0 = s_belief at every ``links``-th position t (so
@@ -243,7 +245,8 @@ class TDVAE(nn.Module):
 
             s_k ~ p_T(s_k-1, 1, enc(a_t+k-1))
             rollout_nll         = -log p_D(z_t+k | s_k) / z_dim
-            rollout_reward_loss = (reward head at (s_k-1, 1, enc(a_t+k-1)) - r_t+k-1)^2
+            rollout_reward_loss = (1 + reward_event_weight |r|) (reward head at (s_k-1, 1, enc(a_t+k-1)) - r)^2,
+                                  r = r_t+k-1
             rollout_done_loss   = BCE(its done logit, terminated_t+k-1), pos_weight done_weight
 
         each a mean over all links whose step t+k-1 < n exists (the chunk's last step is a
@@ -259,7 +262,7 @@ class TDVAE(nn.Module):
             index = j.clamp(max=length - 1).expand(len(frames), -1)
             action, one = _take(encoded, index), torch.ones_like(index)
             reward, done_logit = self.heads(s, one, action)
-            reward_sq.append(F.mse_loss(reward, rewards.gather(1, index), reduction="none"))
+            reward_sq.append(reward_errors(reward, rewards.gather(1, index), reward_event_weight))
             bce.append(_weighted_bce(done_logit, terminated.gather(1, index).to(done_logit.dtype), done_weight))
             s = _draw(self.transition_dist(s, one, action), _randn(tuple(s.shape), generator, s))
             nll.append(-self.decoder_dist(s).log_prob(_take(frames, index + 1).float()) / self.z_dim)

@@ -98,7 +98,8 @@ def train_icm(config: ICMConfig) -> dict:
     learner = load_or_create(config, z.shape[1], action_dim, discrete, device)
     novelty = float(learner.intrinsic(z, actions, z_next).mean())
     metrics = {"episodes": len(new), "transitions": len(z), "novelty": novelty,
-               **learner.update(z, actions, z_next, epochs=config.epochs, batch_size=config.batch_size)}
+               **learner.update(z, actions, z_next, epochs=config.epochs, batch_size=config.batch_size),
+               "novelty_cap": learner.novelty_cap}
     learner.save(icm_dir(config.run_dir))
     atomic_write_json(icm_dir(config.run_dir) / SEEN_FILE, {"seeds": sorted(seen | {seeds[e] for e in new})})
     logger = RunLogger(config.run_dir, config, "icm", config.wandb_mode)

@@ -65,6 +65,9 @@ class MDNRNNConfig:
     """Weight of terminal steps in the done loss (released code: 10)."""
     reward_weight: float = 1.0
     """Weight of the reward head's loss."""
+    reward_event_weight: float = 0.0
+    """Each step's reward error counts 1 + this * |r| times (0: a plain mean squared error). A reward
+    met once in tens of thousands of steps (MyWayHome's vest) is otherwise invisible to the head."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for the validation losses."""
     late_from_seed: int = -1
@@ -99,6 +102,7 @@ class MDNRNNConfig:
         for name in ("grad_clip", "done_weight"):
             positive(name, getattr(self, name))
         at_least("reward_weight", self.reward_weight, 0)
+        at_least("reward_event_weight", self.reward_event_weight, 0)
         at_least("patience", self.patience, 0)
         if self.keep_best and self.keep_best not in HELD_OUT_LOSSES:
             raise UserError(f"--keep-best {self.keep_best!r} is not a held-out loss: use one of "
@@ -197,7 +201,8 @@ def batches(latents: LatentEpisodes, config: MDNRNNConfig, generator: torch.Gene
 def model_losses(model: MDNRNN, batch: SequenceBatch, config: MDNRNNConfig) -> dict[str, torch.Tensor]:
     out, _ = model(batch.z, batch.actions)
     return model.losses(out, batch.z_next, batch.rewards, batch.terminated, batch.mask,
-                        done_weight=config.done_weight, reward_weight=config.reward_weight)
+                        done_weight=config.done_weight, reward_weight=config.reward_weight,
+                        reward_event_weight=config.reward_event_weight)
 
 
 @torch.no_grad()

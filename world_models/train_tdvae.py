@@ -67,6 +67,9 @@ class TDVAEConfig:
     """Weight of the jumps that end the episode in the done loss."""
     reward_weight: float = 1.0
     """Weight of the reward head's loss."""
+    reward_event_weight: float = 0.0
+    """Each step's reward error counts 1 + this * |r| times (0: a plain mean squared error). A reward
+    met once in tens of thousands of steps (MyWayHome's vest) is otherwise invisible to the head."""
     rollout: int = 8
     """Links of the open-loop chains trained beside the ELBO: p_T chained from the belief under the
     actions taken, its decoded latents and heads fitted to what followed (a dream runs such
@@ -97,6 +100,7 @@ class TDVAEConfig:
         for name in ("grad_clip", "done_weight"):
             positive(name, getattr(self, name))
         at_least("reward_weight", self.reward_weight, 0)
+        at_least("reward_event_weight", self.reward_event_weight, 0)
         at_least("rollout", self.rollout, 0)
         if self.rollout > self.seq_len:
             raise UserError(f"--rollout {self.rollout} is longer than --seq-len {self.seq_len}: "
@@ -127,7 +131,7 @@ def load_tdvae(run_dir: Path, device: str | torch.device = "cpu") -> tuple[TDVAE
 def model_losses(model: TDVAE, batch: SequenceBatch, config: TDVAEConfig,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
     return model.losses(batch, generator, done_weight=config.done_weight, reward_weight=config.reward_weight,
-                        rollout=config.rollout)
+                        rollout=config.rollout, reward_event_weight=config.reward_event_weight)
 
 
 @torch.no_grad()
