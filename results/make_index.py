@@ -9,7 +9,8 @@ preset names, the file its score comes from (``FILE`` or ``FILE#KEY``: ``mean``,
 ``episodes``), its summary file (the command that ran, ``seconds_total``, frames, deployed round)
 and its other files. The index takes every figure from those files, never from the manifest
 (references, e.g. the paper's score, are the exception: they are not our files). A task's
-``headline`` run is also written to ``results/<task>/headline.json``.
+``headline`` run is also written to ``results/<task>/headline.json``; a ``benchmark`` (Atari 100k) or a
+``study`` (a table of arms, e.g. the MyWayHome curiosity study) to ``results/<name>.json``.
 
 Figures are rounded half up from their decimal form (753.15 -> 753.2), as the README prints them.
 Standard library only.
@@ -151,6 +152,8 @@ def task_index(folder: Path) -> tuple[dict, dict | None]:
         for game in index["benchmark"]["games"].values():
             for run in game["runs"]:
                 by_id[run["id"]]["hns"] = run["hns"]  # the README quotes it beside the score
+    if manifest.get("study"):
+        index["study"] = study_entry(folder, manifest["study"], by_id)
     headline = None
     if manifest.get("headline"):
         run = by_id[manifest["headline"]]
@@ -188,6 +191,29 @@ def benchmark_entry(benchmark: dict, runs: list[dict], manifest_runs: dict[str, 
                           for agent, score in game["published"].items()},
         }
     return {"name": benchmark["name"], "what": benchmark["what"], "source": benchmark["source"], "games": games}
+
+
+def study_entry(folder: Path, study: dict, runs: dict[str, dict]) -> dict:
+    """A study's table (the MyWayHome curiosity study): one row per arm, its success rate from the
+    run's score file, its learning curve from the file the row names; an arm not run keeps its note."""
+    rows = []
+    for row in study["rows"]:
+        out = {key: row[key] for key in ("env", "curiosity", "recipe") if key in row}
+        run = runs.get(row.get("run"))
+        if row.get("run") and run is None:
+            raise SystemExit(f"{folder / MANIFEST}: study row names an unknown run {row['run']!r}")
+        if run is not None:
+            score = read(folder, Path(run["score_file"]).name)
+            out.update({"run": run["id"], "seed": run["seed"], "success_rate": score["success_rate"],
+                        "episodes": run["episodes"], "mean_return": run["mean"], "real_steps": run["real_steps"],
+                        "minutes": run["minutes"], "command": run["command"], "score_file": run["score_file"]})
+        else:
+            out["success_rate"] = None
+        curve = read(folder, row.get("learning_curve"))
+        out["learning_curve"] = curve["rounds"] if curve else None
+        out.update({key: row[key] for key in ("learning_curve_note", "note") if key in row})
+        rows.append(out)
+    return {"name": study["name"], "what": study["what"], "rows": rows}
 
 
 def markdown(tasks: list[dict]) -> str:
@@ -230,6 +256,8 @@ def build(results: Path = RESULTS) -> dict[Path, str]:
         if "benchmark" in index:  # e.g. results/atari100k.json
             name = index["benchmark"]["name"].replace("-", "")
             out[results / f"{name}.json"] = json.dumps(index["benchmark"], indent=2) + "\n"
+        if "study" in index:  # e.g. results/my_way_home.json
+            out[results / f"{index['study']['name']}.json"] = json.dumps(index["study"], indent=2) + "\n"
         if headline is not None:
             out[folder / HEADLINE] = json.dumps(headline, indent=2) + "\n"
     out[results / "index.json"] = json.dumps({"tasks": tasks}, indent=2) + "\n"

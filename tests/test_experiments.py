@@ -220,3 +220,26 @@ def test_reward_fit_known_answers():
     with torch.no_grad():
         mdnrnn.reward_head.bias.zero_()  # a constant 0: worse than the mean by mean^2 / variance
     assert reward_fit(mdnrnn, episodes)["r2"] == pytest.approx(-mean**2 / float(flat.var(unbiased=False)))
+
+
+def test_success_curve_counts_each_rounds_episodes_that_reach_the_goal(tmp_path):
+    from envs.episodes import Episode, episode_path, save_episode
+
+    run_dir = tmp_path / "run"
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "pipeline_config.json").write_text(json.dumps({"env": "VizdoomMyWayHomeSparse-v0"}))
+    returns = {0: -0.2, 1: 0.9, 2: -0.2, 10: 0.95, 11: 0.8}  # round 1: seeds 0-2, round 2: 10-11
+    for seed, value in returns.items():
+        steps = 3
+        save_episode(episode_path(run_dir / "data", seed), Episode(
+            observations=np.zeros((steps + 1, 64, 64, 3), np.uint8), actions=np.zeros(steps, np.int64),
+            rewards=np.array([0.0, 0.0, value], np.float32), terminated=np.zeros(steps, bool),
+            truncated=np.zeros(steps, bool)))
+    stages = {"collect": {"summary": {"episodes_new": 3, "steps_total": 9}},
+              "vae": {"summary": {}},
+              "collect_2": {"summary": {"episodes_new": 2, "steps_total": 15}}}
+    (run_dir / "stages.json").write_text(json.dumps(stages))
+    result = load_script("success_curve").main(load_script("success_curve").Args(run_dir=run_dir))
+    assert [(r["stage"], r["episodes"], r["successes"], r["real_steps_after"]) for r in result["rounds"]] == [
+        ("collect", 3, 1, 9), ("collect_2", 2, 2, 15)]
+    assert (run_dir / "experiments" / "success_curve.json").exists()
