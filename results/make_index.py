@@ -198,7 +198,7 @@ def study_entry(folder: Path, study: dict, runs: dict[str, dict]) -> dict:
     run's score file, its learning curve from the file the row names; an arm not run keeps its note."""
     rows = []
     for row in study["rows"]:
-        out = {key: row[key] for key in ("env", "curiosity", "recipe") if key in row}
+        out = {key: row[key] for key in ("env", "curiosity", "variant") if key in row}
         run = runs.get(row.get("run"))
         if row.get("run") and run is None:
             raise SystemExit(f"{folder / MANIFEST}: study row names an unknown run {row['run']!r}")
