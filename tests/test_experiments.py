@@ -42,7 +42,8 @@ from world_models.vae import ConvVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "VizdoomTakeCover-v1"
-SCRIPTS = ["action_switching", "constant_actions", "reward_fit", "sampled_latents", "temperature_study"]
+SCRIPTS = ["action_switching", "constant_actions", "reward_fit", "sampled_latents", "success_curve",
+           "temperature_study"]
 SEEDS = [3_000_100, 3_000_101]
 
 
