@@ -240,7 +240,8 @@ def test_success_curve_counts_each_rounds_episodes_that_reach_the_goal(tmp_path)
               "vae": {"summary": {}},
               "collect_2": {"summary": {"episodes_new": 2, "steps_total": 15}}}
     (run_dir / "stages.json").write_text(json.dumps(stages))
-    result = load_script("success_curve").main(load_script("success_curve").Args(run_dir=run_dir))
+    script = load_script("success_curve")
+    result = script.main(script.Args(run_dir=run_dir))
     assert [(r["stage"], r["episodes"], r["successes"], r["real_steps_after"]) for r in result["rounds"]] == [
         ("collect", 3, 1, 9), ("collect_2", 2, 2, 15)]
     assert (run_dir / "experiments" / "success_curve.json").exists()

@@ -141,11 +141,13 @@ class ICMLearner:
     def update(self, z: torch.Tensor, actions: torch.Tensor, z_next: torch.Tensor, epochs: int = 1,
                batch_size: int = 256) -> dict[str, float]:
         """``epochs`` shuffled passes over N transitions (z, z_next (N, z_dim), actions (N,) or (N, A)),
-        one Adam step per minibatch; returns the losses' means over the minibatches."""
+        one Adam step per minibatch; returns the losses' means over the minibatches and ``novelty``,
+        the batch's mean intrinsic reward before learning it."""
         count = _check_transitions(z, actions, z_next)
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-        self._raise_cap(self.intrinsic(z, actions, z_next))
+        novelty = self.intrinsic(z, actions, z_next)
+        self._raise_cap(novelty)
         self.icm.train()
         totals: dict[str, float] = {}
         steps = 0
@@ -157,7 +159,7 @@ class ICMLearner:
                 for key, value in losses.items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
-        return {key: value / steps for key, value in totals.items()}
+        return {"novelty": float(novelty.mean()), **{key: value / steps for key, value in totals.items()}}
 
     def _raise_cap(self, novelty: torch.Tensor) -> None:
         high = float(torch.quantile(novelty.float(), NOVELTY_QUANTILE))

@@ -96,8 +96,7 @@ def train_icm(config: ICMConfig) -> dict:
     z, actions, z_next = episode_transitions(latents, new, device)
     action_dim, discrete = action_space_of(config.run_dir)
     learner = load_or_create(config, z.shape[1], action_dim, discrete, device)
-    novelty = float(learner.intrinsic(z, actions, z_next).mean())
-    metrics = {"episodes": len(new), "transitions": len(z), "novelty": novelty,
+    metrics = {"episodes": len(new), "transitions": len(z),
                **learner.update(z, actions, z_next, epochs=config.epochs, batch_size=config.batch_size),
                "novelty_cap": learner.novelty_cap}
     learner.save(icm_dir(config.run_dir))
