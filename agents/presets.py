@@ -306,6 +306,11 @@ PRESETS: dict[str, Preset] = {
          "dream_max_steps": 2100, "generations": 20, "first_round_generations": 10, "population": 32,
          "rollouts": 8, "eval_every": 5, "eval_rollouts": 64, "val_episodes": 0, "select_round": False,
          "eval_episodes": 100, "exploration": 0.1, "reward_event_weight": 1000.0}),
+    "keep-objects": Preset(
+        "an overlay for atari-100k: V's loss weights the pixels off the median background frame 10x (the "
+        "ball, the paddles, the boxers' arms) and M's reward loss weights each step with a reward 31x (a "
+        "reward in ~3% of the steps then weighs about as much as the other steps together)",
+        {"vae_foreground_weight": 10.0, "reward_event_weight": 30.0}),
     "icm": Preset(
         "an overlay: ICM curiosity in C's dream returns (eta 0.001; the dream's bonus at most eta times the "
         "real novelty cap), the ICM trained on each round's new real episodes",

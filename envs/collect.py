@@ -50,7 +50,7 @@ def run_episode(env: gym.Env, policy: Policy, seed: int, max_steps: int | None =
         action = policy(observation)
         observation, reward, term, trunc, info = env.step(action)
         observations.append(observation)
-        actions.append(action)
+        actions.append(info.get("action", action))  # an env may override it (FireToStart)
         rewards.append(reward)
         terminated.append(term)
         truncated.append(trunc or (max_steps is not None and len(actions) >= max_steps and not term))

@@ -103,6 +103,43 @@ class FrameObservation(gym.ObservationWrapper):
         return preprocess_frame(frame, self.family)
 
 
+class FireToStart(gym.Wrapper):
+    """On Atari games with lives whose action set has FIRE, the first step of each life presses FIRE.
+
+    Breakout (and games like it) wait for FIRE to serve the ball after the start and after every
+    lost life. A controller trained in a dream that ends at a lost life learns that not serving is
+    safe; in the real game it then plays the whole 108,000-frame cap without a point. This is the
+    FireResetEnv of OpenAI Baselines and Stable-Baselines3, applied to every life rather than only
+    at reset, since evaluation plays whole games without life-loss resets. The overridden step is
+    still one agent step (the budget counts it), and ``info["action"]`` says which action ran, so
+    the episode files record FIRE there. Games without lives (Pong, Boxing, Freeway) are untouched.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.fire = env.unwrapped.get_action_meanings().index("FIRE")
+        self.serve = False
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        self.serve = info.get("lives", 0) > 0
+        return observation, info
+
+    def step(self, action):
+        if self.serve:
+            action = self.fire
+        lives = self.env.unwrapped.ale.lives()
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self.serve = 0 < info.get("lives", 0) < lives
+        return observation, reward, terminated, truncated, {**info, "action": action}
+
+
+def _needs_serve(env: gym.Env) -> bool:
+    """An ALE game with lives and a FIRE action (Breakout: yes; Pong, Boxing, Freeway: no)."""
+    unwrapped = env.unwrapped
+    return "FIRE" in unwrapped.get_action_meanings() and unwrapped.ale.lives() > 0
+
+
 def check_env_id(env_id: str) -> Family:
     """The family of an id that Gymnasium can make here; a one-line UserError otherwise (unknown
     id, family package missing). Cheap: it builds no env, so commands call it before any work."""
@@ -134,6 +171,8 @@ def make_env(
 
         if env_id in MY_WAY_HOME_TASKS:
             env = TimeoutIsTruncation(env)
+    if family is ATARI and _needs_serve(env):
+        env = FireToStart(env)
     return FrameObservation(env, family)
 
 
@@ -165,6 +204,7 @@ def env_info(env_id: str) -> dict:
             "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
             "frameskip": _frameskip(env.spec),
             "action_space": action,
+            "fire_to_start": isinstance(env.env, FireToStart),
         }
     finally:
         env.close()

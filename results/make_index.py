@@ -173,20 +173,25 @@ def normalised(score: float | None, game: dict) -> float | None:
 
 
 def benchmark_entry(benchmark: dict, runs: list[dict], manifest_runs: dict[str, dict]) -> dict:
-    """Per game of a benchmark (Atari 100k): our runs' raw scores, their mean over runs (the level of
-    the recipe), the random and human references, human-normalised scores, the published agents'."""
+    """Per game of a benchmark (Atari 100k): our runs' raw scores, their mean over the runs of each
+    recipe (the level of the recipe: a run's ``preset`` in the manifest, ``benchmark.name`` when it has
+    none), the random and human references, human-normalised scores, the published agents'."""
     games = {}
     for name, game in benchmark["games"].items():
         ours = [run for run in runs if manifest_runs[run["id"]].get("game") == name and run["mean"] is not None]
-        mean = statistics.fmean(run["mean"] for run in ours) if ours else None
+        recipe_of = {run["id"]: manifest_runs[run["id"]].get("preset", benchmark["name"]) for run in ours}
+        recipes = {}
+        for recipe in dict.fromkeys(recipe_of.values()):
+            means = [run["mean"] for run in ours if recipe_of[run["id"]] == recipe]
+            mean = round(statistics.fmean(means), 2)
+            recipes[recipe] = {"runs": len(means), "mean_over_runs": mean, "hns": normalised(mean, game)}
         games[name] = {
             "env_id": game["env_id"], "random": game["random"], "human": game["human"],
-            "runs": [{"id": run["id"], "seed": run["seed"], "mean": run["mean"], "std": run["std"],
-                      "episodes": run["episodes"], "hns": normalised(run["mean"], game), "minutes": run["minutes"],
-                      "real_steps": run["real_steps"], "command": run["command"],
+            "runs": [{"id": run["id"], "recipe": recipe_of[run["id"]], "seed": run["seed"], "mean": run["mean"],
+                      "std": run["std"], "episodes": run["episodes"], "hns": normalised(run["mean"], game),
+                      "minutes": run["minutes"], "real_steps": run["real_steps"], "command": run["command"],
                       "score_file": run["score_file"]} for run in ours],
-            "mean_over_runs": None if mean is None else round(mean, 2),
-            "hns": normalised(mean, game),
+            "recipes": recipes,
             "published": {agent: {"score": score, "hns": normalised(score, game)}
                           for agent, score in game["published"].items()},
         }

@@ -31,6 +31,7 @@ from agents.analysis import (
 )
 from agents.controller import Controller, ControllerSpec
 from envs.collect import run_episode
+from envs.errors import UserError
 from envs.make import make_env
 from world_models.checkpoint import module_state, save_checkpoint
 from world_models.dream import DreamConfig
@@ -42,7 +43,7 @@ from world_models.vae import ConvVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "VizdoomTakeCover-v1"
-SCRIPTS = ["action_switching", "constant_actions", "reward_fit", "sampled_latents", "success_curve",
+SCRIPTS = ["action_switching", "constant_actions", "ram_probe", "reward_fit", "sampled_latents", "success_curve",
            "temperature_study"]
 SEEDS = [3_000_100, 3_000_101]
 
@@ -245,3 +246,32 @@ def test_success_curve_counts_each_rounds_episodes_that_reach_the_goal(tmp_path)
     assert [(r["stage"], r["episodes"], r["successes"], r["real_steps_after"]) for r in result["rounds"]] == [
         ("collect", 3, 1, 9), ("collect_2", 2, 2, 15)]
     assert (run_dir / "experiments" / "success_curve.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_ram_probes_known_answers(one_thread):
+    probe = load_script("ram_probe")
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2_000, 8, generator=generator)
+    linear = z @ torch.randn(8, 1, generator=generator) + 0.05 * torch.randn(2_000, 1, generator=generator)
+    curved = z[:, :1].abs() * 3  # no linear trace in z: only a nonlinear probe finds it
+    unrelated = torch.randn(2_000, 1, generator=generator)
+    fits = probe.probe(z, torch.cat([linear, curved, unrelated], 1), test_fraction=0.25)
+    assert fits["ridge"][0] > 0.99 and fits["mlp"][0] > 0.95
+    assert fits["ridge"][1] < 0.1 < 0.8 < fits["mlp"][1]
+    assert max(fits["ridge"][2], fits["mlp"][2]) < 0.1
+
+
+@pytest.mark.timeout(60)
+def test_ram_probe_reads_the_ball_off_pongs_ram(tmp_path, one_thread):
+    probe = load_script("ram_probe")
+    frames, positions = probe.play("ALE/Pong-v5", steps=300, seed=3_000_200)
+    assert frames.shape == (300, 64, 64, 3) and positions.shape == (300, 4)
+    assert len(np.unique(positions[:, 2])) > 10  # the ball's x moves
+    torch.manual_seed(0)
+    save_checkpoint(vae_dir(tmp_path), module_state(ConvVAE(z_dim=8)), {"z_dim": 8, "env_id": "ALE/Pong-v5"})
+    result = probe.main(probe.Args(run_dir=tmp_path, steps=400))
+    assert list(result["r2"]) == ["player_y", "enemy_y", "ball_x", "ball_y"]
+    assert json.loads((tmp_path / "experiments" / "ram_probe.json").read_text()) == result
+    with pytest.raises(UserError, match="no RAM annotations"):
+        probe.game_of("ALE/MsPacman-v5")

@@ -179,3 +179,6 @@ def test_atari100k_normalises_every_score_by_the_games_references(make_index):
             assert (run["mean"], run["episodes"]) == (evaluation["mean"], 100)  # 100 episodes, from the file
             assert run["hns"] == round((run["mean"] - game["random"]) / (game["human"] - game["random"]), 3)
             assert run["real_steps"] <= 100_000
+        for recipe, level in game["recipes"].items():  # the level of a recipe: the mean of its runs alone
+            means = [run["mean"] for run in game["runs"] if run["recipe"] == recipe]
+            assert (level["runs"], level["mean_over_runs"]) == (len(means), round(sum(means) / len(means), 2))

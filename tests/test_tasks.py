@@ -69,3 +69,28 @@ def test_m_learns_clipped_rewards_and_lost_lives_as_episode_ends(tmp_path):
     raw = _encode_episode(vae, path)  # the identity rules: what every TakeCover cache holds
     assert torch.equal(raw.rewards, torch.from_numpy(episode.rewards))
     assert torch.equal(raw.terminated, torch.from_numpy(episode.terminated))
+
+
+@pytest.mark.timeout(60)
+def test_breakout_serves_each_life_with_fire_and_games_without_lives_are_untouched():
+    from envs.make import FireToStart
+
+    breakout = make_env("ALE/Breakout-v5")
+    assert isinstance(breakout.env, FireToStart)
+    right = breakout.unwrapped.get_action_meanings().index("RIGHT")
+    episode = run_episode(breakout, lambda observation: right, seed=0)  # a policy that never serves
+    breakout.close()
+    assert episode.terminated[-1] and len(episode) < 2_000  # not the 27,000-step frame cap
+    fire = [step for step, action in enumerate(episode.actions) if action != right]
+    lives_start = [0] + [step + 1 for step in np.flatnonzero(episode.life_lost)[:-1]]
+    assert fire == lives_start and len(fire) == 5  # FIRE recorded as the first step of each of 5 lives
+    for env_id in ("ALE/Pong-v5", "ALE/Boxing-v5", "ALE/Freeway-v5"):
+        env = make_env(env_id)
+        assert not any(isinstance(layer, FireToStart) for layer in _layers(env)), env_id
+        env.close()
+
+
+def _layers(env):
+    while hasattr(env, "env"):
+        yield env
+        env = env.env
